@@ -1,0 +1,1 @@
+"""meerkat_cli: the thin Typer front-end over ``meerkat_core``."""

@@ -1,0 +1,93 @@
+"""CLI conventions shared by every command, in one place.
+
+- Logs, warnings and progress bars go to stderr (``err``); tables and JSON go to stdout (``out``).
+- Every command that prints results takes ``--json`` and then prints exactly one JSON document.
+- Bad input (``MeerkatInputError``) becomes ``error: <one line>`` on stderr and exit code 2,
+  with no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from meerkat_core.errors import MeerkatInputError
+
+BAD_INPUT_EXIT = 2
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+JsonOption = typer.Option(False, "--json", help="Print the result as one JSON document on stdout.")
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a one-line error and return the Exit to raise (exit code 2)."""
+    first_line = " ".join(str(message).split())
+    err.print(f"[bold red]error:[/] {first_line}", markup=True, highlight=False)
+    return typer.Exit(code=BAD_INPUT_EXIT)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn meerkat's input errors into the one-line, exit-2 convention."""
+    try:
+        yield
+    except MeerkatInputError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(code=130) from None
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as JSON on stdout (plain, no rich markup)."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def make_progress(transient: bool = True) -> Progress:
+    """A rich progress bar on stderr."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=transient,
+    )
+
+
+class ProgressCallback:
+    """Adapter from meerkat_core's ``progress(done, total, description)`` callbacks to rich."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[str, Any] = {}
+
+    def __call__(self, done: int, total: int | None, description: str = "working") -> None:
+        task = self._tasks.get(description)
+        if task is None:
+            task = self._progress.add_task(description, total=total)
+            self._tasks[description] = task
+        self._progress.update(task, completed=done, total=total)
+
+
+@contextmanager
+def progress_callback(transient: bool = True) -> Iterator[ProgressCallback]:
+    with make_progress(transient=transient) as progress:
+        yield ProgressCallback(progress)
