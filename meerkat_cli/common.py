@@ -28,7 +28,7 @@ from meerkat_core.errors import MeerkatInputError
 
 BAD_INPUT_EXIT = 2
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 JsonOption = typer.Option(False, "--json", help="Print the result as one JSON document on stdout.")

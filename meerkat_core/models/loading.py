@@ -1,0 +1,180 @@
+"""``load_model``: one entry point for built-in names, local HF directories, GGUF files and hub ids."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meerkat_core.errors import MeerkatInputError
+from meerkat_core.hashing import model_fingerprint
+from meerkat_core.paths import hub_offline
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers causal LM, in eval mode, on ``device``
+    tokenizer: Any
+    name: str  # what the user passed (built-in name, path or hub id): recorded in artifacts
+    source: str  # where the weights came from (a directory, file or hub id)
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MeerkatInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    if device not in {"cpu"} and not device.startswith("cuda"):
+        raise MeerkatInputError(f"--device {device}: expected auto, cpu or cuda[:N]")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise MeerkatInputError(f"--dtype {dtype}: expected auto, fp32, bf16 or fp16")
+    return DTYPES[dtype]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.sep in spec and Path(spec).expanduser().exists() or (
+        spec.endswith(".gguf")
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+def _load_hf_dir(path: Path, spec: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise MeerkatInputError(f"model '{spec}': {path} has no config.json; pass a Hugging Face model directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception as exc:  # corrupt weights, unknown architecture, ...
+        raise MeerkatInputError(f"model '{spec}': cannot load {path} ({_first_line(exc)})") from None
+    return model, tokenizer
+
+
+def _load_gguf_file(path: Path, spec: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as exc:
+        raise MeerkatInputError(f"model '{spec}': cannot read GGUF file {path} ({_first_line(exc)})") from None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    return model, tokenizer
+
+
+def _load_hub(spec: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    offline = hub_offline()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        if offline:
+            raise MeerkatInputError(
+                f"model '{spec}': not a built-in name (see `meerkat models`), not a local directory, and not in the "
+                "hub cache while HF_HUB_OFFLINE=1; pass a local model directory"
+            ) from None
+        raise MeerkatInputError(
+            f"model '{spec}': not a built-in name (see `meerkat models`) or local directory, and the hub did not "
+            f"serve it ({_first_line(exc)})"
+        ) from None
+    return model, tokenizer
+
+
+def _tokenizer_ready(tokenizer: Any) -> Any:
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(
+    spec: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load ``spec``: a built-in name (``meerkat models``), a local HF directory, a ``.gguf`` file or a hub id.
+
+    Hub ids are tried only when ``spec`` is neither a built-in name nor an existing path; with
+    ``HF_HUB_OFFLINE=1`` only the local hub cache is consulted. ``trust_remote_code`` stays off unless
+    the user asks for it.
+    """
+    from meerkat_core.models.builtin import BUILTIN_MODELS
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if spec in BUILTIN_MODELS:
+        from meerkat_core.models.gguf_cache import ensure_smollm2_dir
+
+        smol_dir = ensure_smollm2_dir()
+        if spec == "tiny-llama":
+            from transformers import AutoTokenizer
+
+            from meerkat_core.models.tiny import build_tiny_llama
+
+            tokenizer = AutoTokenizer.from_pretrained(str(smol_dir))
+            model = build_tiny_llama(vocab_size=len(tokenizer))
+            source = "config (seeded random weights)"
+        else:
+            try:
+                model, tokenizer = _load_hf_dir(smol_dir, spec, False)
+            except MeerkatInputError:  # a damaged cache: rebuild it once
+                smol_dir = ensure_smollm2_dir(force=True)
+                model, tokenizer = _load_hf_dir(smol_dir, spec, False)
+            source = str(smol_dir)
+    elif _looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise MeerkatInputError(
+                f"model '{spec}': no such file or directory; pass a built-in name (see `meerkat models`), "
+                "a local model directory or a hub id"
+            )
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise MeerkatInputError(f"model '{spec}': a file must be a .gguf; otherwise pass the model's directory")
+            model, tokenizer = _load_gguf_file(path, spec)
+        else:
+            model, tokenizer = _load_hf_dir(path, spec, trust_remote_code)
+        source = str(path.resolve())
+    else:
+        model, tokenizer = _load_hub(spec, trust_remote_code)
+        source = f"hub:{spec}"
+    model = model.to(device=dev, dtype=dt).eval()
+    model.requires_grad_(False)
+    return LoadedModel(
+        model=model, tokenizer=_tokenizer_ready(tokenizer), name=spec, source=source, device=dev, dtype=dt
+    )
