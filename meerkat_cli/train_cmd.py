@@ -1,15 +1,125 @@
-"""``meerkat train`` and ``meerkat export`` (not built yet: see the training issue)."""
+"""``meerkat train`` (federated sparse ZO fine-tuning) and ``meerkat export`` (merged HF model)."""
 
 from __future__ import annotations
 
-from meerkat_cli.common import fail
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from meerkat_cli.common import JsonOption, cli_errors, emit_json, err, make_progress, out
 
 
-def train_command() -> None:
-    """Federated sparse ZO fine-tuning. NOT BUILT YET: lands with the training issue; exits non-zero."""
-    raise fail("`meerkat train` is not built yet (training issue)")
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
-def export_command() -> None:
-    """Merge a run's checkpoint into an HF model directory. NOT BUILT YET; exits non-zero."""
-    raise fail("`meerkat export` is not built yet (training issue)")
+def _summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"run {summary['run']}", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [
+        ("algorithm", summary["algorithm"]),
+        ("rounds", str(summary["rounds"])),
+        ("k / d", f"{summary['k']:,} / {summary['d']:,}"),
+        ("accuracy before", _pct(summary["initial_accuracy"])),
+        ("accuracy after", _pct(summary["final_accuracy"])),
+        ("client steps", f"{summary['total_client_steps']:,} ({summary['skipped_steps']} skipped)"),
+        ("uplink total", _fmt_bytes(summary["bytes_up"])),
+        ("downlink total", _fmt_bytes(summary["bytes_down"])),
+        ("uplink per step", f"{summary['uplink_bytes_per_step']:.1f} B" if summary["uplink_bytes_per_step"] else "-"),
+        ("wall time", f"{summary['seconds_this_invocation']:.1f} s"),
+        ("checkpoint", str(summary["latest_checkpoint"])),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def train_command(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Built-in name, local HF directory, .gguf or hub id."),
+    mask: str = typer.Option(..., "--mask", help="Mask file from `meerkat mask`, or 'all' for full-parameter ZO."),
+    partition: Path = typer.Option(..., "--partition", help="Directory written by `meerkat partition`."),
+    task: str = typer.Option("sentiment2", "--task", "-t", help="The task the partition was made from."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory to create (or to continue with --resume)."),
+    rounds: int = typer.Option(20, "--rounds"),
+    local_steps: int = typer.Option(10, "--local-steps", help="ZO steps per client per round (T)."),
+    clients_per_round: int = typer.Option(10, "--clients-per-round"),
+    lr: float = typer.Option(1e-4, "--lr"),
+    eps: float = typer.Option(1e-3, "--eps", help="Perturbation scale."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    schedule: str = typer.Option("constant", "--schedule", help="Learning-rate schedule over rounds: constant, linear, cosine."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, bf16 or fp16."),
+    max_length: int = typer.Option(128, "--max-length"),
+    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate every E rounds (0: before and after only)."),
+    eval_limit: Optional[int] = typer.Option(200, "--eval-limit", help="Test examples used by the evaluations."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint every C rounds (0: final only)."),
+    sync: str = typer.Option("auto", "--sync", help="How clients get the global state: replay (seeds+scalars), vector, auto."),
+    algorithm: str = typer.Option("meerkat", "--algorithm", help="meerkat or meerkat-vp."),
+    vp_calibration_steps: int = typer.Option(100, "--vp-calibration-steps", help="Meerkat-vp: steps per client in the calibration round."),
+    vp_stopped_steps: int = typer.Option(1, "--vp-stopped-steps", help="Meerkat-vp: steps per round for flagged clients."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last complete round."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Federated sparse zeroth-order fine-tuning (Meerkat): clients send scalars, the server replays them."""
+    with cli_errors():
+        from meerkat_core.fed.config import TrainConfig
+        from meerkat_core.fed.training import run_training
+
+        cfg = TrainConfig(
+            model=model, mask=mask, partition=str(partition), task=task, out=str(out_dir), rounds=rounds,
+            local_steps=local_steps, clients_per_round=clients_per_round, lr=lr, eps=eps, batch_size=batch_size,
+            schedule=schedule, seed=seed, device=device, dtype=dtype, max_length=max_length, eval_every=eval_every,
+            eval_limit=eval_limit, checkpoint_every=checkpoint_every, sync=sync, algorithm=algorithm,
+            vp_calibration_steps=vp_calibration_steps, vp_stopped_steps=vp_stopped_steps,
+            trust_remote_code=trust_remote_code, resume=resume,
+        ).validate()
+        with make_progress(transient=False) as progress:
+            bar = progress.add_task("training", total=rounds)
+
+            def on_round(row: dict[str, Any]) -> None:
+                r = row["round"]
+                parts = [f"round {r}/{rounds}"]
+                if "mean_loss" in row:
+                    parts.append(f"loss {row['mean_loss']:.4f}")
+                if "eval_accuracy" in row:
+                    parts.append(f"acc {row['eval_accuracy']:.4f}")
+                if "bytes_up" in row:
+                    parts.append(f"↑{_fmt_bytes(row['bytes_up'])} ↓{_fmt_bytes(row['bytes_down'])}")
+                progress.update(bar, completed=r, description=" | ".join(parts))
+
+            summary = run_training(cfg, on_round=on_round, on_event=lambda m: err.print(f"[dim]{m}[/]"))
+    if json_out:
+        emit_json(summary)
+    else:
+        out.print(_summary_table(summary))
+
+
+def export_command(
+    run: Path = typer.Argument(..., help="Run directory (its latest checkpoint) or a checkpoint file."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the merged model (save_pretrained, safetensors)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model (default: the run's)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Write base model + trained coordinates as a Hugging Face model directory (safetensors)."""
+    with cli_errors():
+        from meerkat_core.fed.export import export_run
+
+        info = export_run(str(run), str(out_dir), model=model)
+    if json_out:
+        emit_json(info)
+    else:
+        out.print(f"exported {info['checkpoint']} onto {info['model']} -> {info['out']}")

@@ -1,0 +1,1 @@
+"""Federated sparse ZO: messages, client, server, in-process simulator, run directory, checkpoints."""

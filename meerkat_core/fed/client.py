@@ -1,0 +1,103 @@
+"""A federated client: syncs to the global state, runs its local ZO steps, returns scalars.
+
+Clients in the in-process simulator share ONE model (and one ``SparseCoordinates``); a client's own
+state is only its synchronised k-vector, so switching clients is an O(k) copy.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from meerkat_core.encoding import EncodedSet, label_batch
+from meerkat_core.errors import MeerkatError
+from meerkat_core.fed.protocol import ClientReply, RoundInstruction
+from meerkat_core.fed.state import apply_history, state_crc
+from meerkat_core.scoring import label_loss
+from meerkat_core.zo import SparseCoordinates, derive_key, zo_step
+
+
+def data_order(seed: int, client: int, n: int, epoch: int) -> list[int]:
+    """The client's data order for one pass (epoch): a permutation seeded by (seed, client, epoch)."""
+    order = list(range(n))
+    random.Random(derive_key(seed, -1, client, epoch)).shuffle(order)
+    return order
+
+
+def batch_indices(seed: int, client: int, n: int, offset: int, batch_size: int) -> list[int]:
+    """Indices of the batch that starts at stream position ``offset`` of the client's data stream.
+
+    The stream is the concatenation of per-epoch permutations; a batch may straddle two epochs.
+    Knowing ``offset`` (which the server sends) is enough: the client keeps no data cursor.
+    """
+    out: list[int] = []
+    pos = offset
+    while len(out) < batch_size:
+        epoch, i = divmod(pos, n)
+        order = data_order(seed, client, n, epoch)
+        take = min(batch_size - len(out), n - i)
+        out.extend(order[i : i + take])
+        pos += take
+    return out
+
+
+@dataclass
+class ClientRuntime:
+    """What all simulated clients share: the one model, its coordinates and the pad token."""
+
+    model: Any
+    coords: SparseCoordinates
+    pad_id: int
+    batch_size: int
+
+
+class ZOClient:
+    """One federated client. ``data`` is its encoded shard of the task's train split."""
+
+    def __init__(self, client_id: int, data: EncodedSet, x0: torch.Tensor) -> None:
+        self.client_id = client_id
+        self.data = data
+        self._x0 = x0  # the base model's values at the masked coordinates (every client has them)
+        self.synced_round = 0  # 0: the initial state x0
+        self._state: torch.Tensor | None = None
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.data)
+
+    def _sync(self, instr: RoundInstruction) -> torch.Tensor:
+        if instr.sync == "vector":
+            x = torch.as_tensor(instr.vector, dtype=torch.float32).to(self._x0.device).clone()
+        else:
+            if instr.synced_round != self.synced_round:
+                raise MeerkatError(
+                    f"client {self.client_id}: history starts at round {instr.synced_round} but the client is at "
+                    f"round {self.synced_round}"
+                )
+            x = (self._state if self._state is not None else self._x0).clone()
+            apply_history(x, instr.history)
+        crc = state_crc(x)
+        if crc != instr.state_crc:
+            raise MeerkatError(f"client {self.client_id}: state after sync does not match the server's (crc)")
+        self._state, self.synced_round = x.clone(), instr.state_round
+        return x
+
+    def run_round(self, instr: RoundInstruction, rt: ClientRuntime) -> tuple[ClientReply, torch.Tensor]:
+        """Sync, run ``instr.steps`` ZO steps on the shared model; return the reply and the end state."""
+        x = self._sync(instr)
+        rt.coords.set_values(x)
+        gs: list[float] = []
+        losses: list[float] = []
+        n = self.num_examples
+        for t in range(instr.steps):
+            idx = batch_indices(instr.seed, self.client_id, n, instr.data_offset + t * rt.batch_size, rt.batch_size)
+            batch = label_batch(self.data, idx, rt.pad_id).to(rt.coords.device)
+            key = derive_key(instr.seed, instr.round, self.client_id, t)
+            res = zo_step(rt.coords, lambda: label_loss(rt.model, batch), key, instr.lr, instr.eps)
+            gs.append(res.g)
+            losses.append(0.5 * (res.loss_plus + res.loss_minus))
+        reply = ClientReply(round=instr.round, client=self.client_id, gs=gs, losses=losses, state_crc=state_crc(x))
+        return reply, rt.coords.values()

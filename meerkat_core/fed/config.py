@@ -1,0 +1,87 @@
+"""Training configuration (validated before anything is written)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from meerkat_core.errors import MeerkatInputError
+from meerkat_core.fed.schedule import SCHEDULES
+
+# Fields that may differ when a run is resumed (everything else must match the original run).
+RESUMABLE_CHANGES = {"rounds", "resume", "device", "eval_every", "eval_limit", "checkpoint_every"}
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    mask: str  # a mask file, or "all" for full-parameter ZO
+    partition: str
+    task: str
+    out: str
+    rounds: int = 20
+    local_steps: int = 10
+    clients_per_round: int = 10
+    lr: float = 1e-4
+    eps: float = 1e-3
+    batch_size: int = 8
+    schedule: str = "constant"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    max_length: int = 128
+    eval_every: int = 0  # 0: evaluate only before and after training
+    eval_limit: int | None = 200
+    eval_batch_size: int = 16
+    checkpoint_every: int = 0  # 0: only the final checkpoint
+    sync: str = "auto"  # replay | vector | auto (replay for a sparse mask, vector for --mask all)
+    algorithm: str = "meerkat"
+    vp_calibration_steps: int = 100
+    vp_stopped_steps: int = 1
+    trust_remote_code: bool = False
+    resume: bool = False
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.rounds >= 1, f"--rounds {self.rounds}: must be at least 1"),
+            (self.local_steps >= 1, f"--local-steps {self.local_steps}: must be at least 1"),
+            (self.clients_per_round >= 1, f"--clients-per-round {self.clients_per_round}: must be at least 1"),
+            (self.lr > 0, f"--lr {self.lr}: must be > 0"),
+            (self.eps > 0, f"--eps {self.eps}: must be > 0"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1"),
+            (self.schedule in SCHEDULES, f"--schedule {self.schedule}: expected one of {', '.join(SCHEDULES)}"),
+            (self.sync in ("auto", "replay", "vector"), f"--sync {self.sync}: expected auto, replay or vector"),
+            (self.eval_every >= 0, f"--eval-every {self.eval_every}: must be >= 0"),
+            (self.checkpoint_every >= 0, f"--checkpoint-every {self.checkpoint_every}: must be >= 0"),
+            (self.algorithm in ("meerkat", "meerkat-vp"), f"--algorithm {self.algorithm}: expected meerkat or meerkat-vp"),
+            (self.vp_calibration_steps >= 2, f"--vp-calibration-steps {self.vp_calibration_steps}: must be at least 2"),
+            (self.vp_stopped_steps >= 1, f"--vp-stopped-steps {self.vp_stopped_steps}: must be at least 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise MeerkatInputError(msg)
+        return self
+
+    @property
+    def sync_mode(self) -> str:
+        if self.sync != "auto":
+            return self.sync
+        return "vector" if self.mask == "all" else "replay"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    def check_resumable(self, previous: "TrainConfig", where: str) -> None:
+        mine, theirs = self.to_dict(), previous.to_dict()
+        diff = [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k)]
+        if diff:
+            k = diff[0]
+            raise MeerkatInputError(
+                f"--resume {where}: --{k.replace('_', '-')} is {mine[k]!r} but the run used {theirs.get(k)!r}; "
+                "resume with the original settings"
+            )

@@ -1,0 +1,150 @@
+"""The run directory: config, append-only ledger, metrics, GradIP trajectories, checkpoints, summary.
+
+``ledger.jsonl`` is the source of truth. Each round is appended as one block (one line per
+participating client, then a ``{"type": "round"}`` line that commits it) with a single write and an
+fsync. A reader keeps everything up to the last committed round; ``--resume`` cuts the rest off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors.torch import load_file, save
+
+from meerkat_core.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from meerkat_core.errors import MeerkatInputError
+
+CONFIG = "config.json"
+LEDGER = "ledger.jsonl"
+METRICS = "metrics.jsonl"
+GRADIP = "gradip.safetensors"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+RUN_FORMAT = "meerkat.run"
+RUN_FORMAT_VERSION = 1
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True) + "\n"
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    # -- paths
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def checkpoint_path(self, round_: int) -> Path:
+        return self.path / CHECKPOINTS / f"round-{round_:04d}.safetensors"
+
+    def exists(self) -> bool:
+        return self.file(CONFIG).is_file()
+
+    # -- config
+    def read_config(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.file(CONFIG).read_text())
+        except (OSError, ValueError) as exc:
+            raise MeerkatInputError(f"run directory {self.path}: unreadable {CONFIG} ({exc})") from None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_json_atomic(self.file(CONFIG), {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **config})
+
+    # -- ledger
+    def read_ledger(self) -> tuple[dict[int, list[dict[str, Any]]], dict[int, dict[str, Any]], int]:
+        """(client records by round, round records by round, byte length of the committed prefix)."""
+        clients: dict[int, list[dict[str, Any]]] = {}
+        rounds: dict[int, dict[str, Any]] = {}
+        path = self.file(LEDGER)
+        if not path.exists():
+            return clients, rounds, 0
+        pending: list[dict[str, Any]] = []
+        committed = 0
+        pos = 0
+        with open(path, "rb") as fh:
+            for raw in fh:
+                pos += len(raw)
+                if not raw.endswith(b"\n"):
+                    break  # a torn last line
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    break
+                if rec.get("type") == "client":
+                    pending.append(rec)
+                elif rec.get("type") == "round":
+                    r = int(rec["round"])
+                    clients[r] = [p for p in pending if int(p["round"]) == r]
+                    rounds[r] = rec
+                    pending = []
+                    committed = pos
+        return clients, rounds, committed
+
+    def truncate_ledger(self, length: int) -> None:
+        path = self.file(LEDGER)
+        if path.exists() and path.stat().st_size != length:
+            with open(path, "rb") as fh:
+                head = fh.read(length)
+            write_bytes_atomic(path, head)
+
+    def append_round(self, client_records: Iterable[dict[str, Any]], round_record: dict[str, Any]) -> None:
+        block = "".join(_json_line({"type": "client", **r}) for r in client_records)
+        block += _json_line({"type": "round", **round_record})
+        fd = os.open(self.file(LEDGER), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, block.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- metrics
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.file(METRICS)
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                break
+        return out
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        write_text_atomic(self.file(METRICS), "".join(_json_line(r) for r in rows))
+
+    # -- GradIP trajectories (columnar)
+    def write_gradip(self, columns: dict[str, list[float] | list[int]], meta: dict[str, str]) -> None:
+        tensors = {
+            name: torch.tensor(vals, dtype=torch.int32 if name in ("round", "client", "step") else torch.float64)
+            for name, vals in columns.items()
+        }
+        write_bytes_atomic(self.file(GRADIP), save(tensors, metadata={"format": "meerkat.gradip", "format_version": "1", **meta}))
+
+    def read_gradip(self) -> dict[str, list[float]]:
+        path = self.file(GRADIP)
+        if not path.exists():
+            return {}
+        t = load_file(str(path))
+        return {k: v.tolist() for k, v in t.items()}
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.file(SUMMARY), _finite(summary))
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: nan/inf become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

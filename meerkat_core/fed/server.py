@@ -1,0 +1,174 @@
+"""The federated server: samples clients, sends seeds, replays every client's virtual path from the
+returned scalars, computes GradIP on the way, and aggregates the end points by sample count.
+
+Aggregation is the weighted average of the replayed end points, computed as
+``x <- x + sum_c p_c (x_c^T - x)`` accumulated step by step: every client step contributes the
+global update ``x += fp32(-p_c * lr * g_c^t) * z_c^t`` (clients in id order, steps in order). That
+sequence is also the history a client replays to catch up, so server and clients hold the same bits.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from meerkat_core.fed.protocol import ClientReply, HistoryEntry, RoundInstruction
+from meerkat_core.fed.state import apply_history, fp32, state_crc
+from meerkat_core.zo import derive_key, replay, update_coef
+
+StepBudget = Callable[[int, int], int]  # (round, client) -> local steps
+
+
+@dataclass
+class ServerConfig:
+    seed: int
+    rounds: int
+    local_steps: int
+    clients_per_round: int
+    lr: float
+    eps: float
+    batch_size: int
+    schedule: str = "constant"
+    sync: str = "replay"  # or "vector"
+
+
+@dataclass
+class ClientOutcome:
+    client: int
+    steps: int
+    seed: int
+    lr: float
+    eps: float
+    data_offset: int
+    weight: float
+    gs: list[float]
+    losses: list[float]
+    skipped: int
+    gradip: list[float] = field(default_factory=list)  # g * <gbar, z> per step (nan when skipped)
+    cosine: list[float] = field(default_factory=list)  # sign(g) <gbar, z> / (|gbar| |z|)
+    end_state: torch.Tensor | None = None  # the replayed virtual path's end point
+
+
+@dataclass
+class RoundOutcome:
+    round: int
+    clients: list[ClientOutcome]
+    state_crc: int
+
+
+class ZOServer:
+    """Holds the global k-vector and the update history; knows nothing of the model or the data."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        x0: torch.Tensor,
+        client_sizes: dict[int, int],
+        gbar: torch.Tensor | None = None,
+        budget: StepBudget | None = None,
+    ) -> None:
+        from meerkat_core.fed.schedule import lr_at
+
+        self.cfg = config
+        self._lr_at = lr_at
+        self.x = x0.clone()
+        self.round = 0  # rounds completed; self.x is the state after it
+        self.client_sizes = dict(client_sizes)
+        self.history: dict[int, list[HistoryEntry]] = {}  # round -> global updates of that round
+        self.data_offset = {c: 0 for c in client_sizes}
+        self.synced_round = {c: 0 for c in client_sizes}  # what the server believes each client holds
+        self.gbar = gbar.to(x0.device, torch.float32) if gbar is not None else None
+        self._gbar_norm = float(self.gbar.norm()) if self.gbar is not None else 0.0
+        self.budget: StepBudget = budget or (lambda r, c: config.local_steps)
+
+    # -- planning ---------------------------------------------------------------------------------
+    def lr_for(self, round_: int) -> float:
+        return self._lr_at(self.cfg.schedule, self.cfg.lr, round_, self.cfg.rounds)
+
+    def sample_clients(self, round_: int) -> list[int]:
+        ids = sorted(self.client_sizes)
+        m = min(self.cfg.clients_per_round, len(ids))
+        rng = random.Random(derive_key(self.cfg.seed, round_, -2, 0))
+        return sorted(rng.sample(ids, m))
+
+    def instruction(self, round_: int, client: int) -> RoundInstruction:
+        steps = int(self.budget(round_, client))
+        common = dict(
+            round=round_, client=client, steps=steps, seed=self.cfg.seed, lr=self.lr_for(round_),
+            eps=self.cfg.eps, data_offset=self.data_offset[client], state_round=self.round,
+            state_crc=state_crc(self.x),
+        )
+        if self.cfg.sync == "vector":
+            return RoundInstruction(sync="vector", synced_round=self.round,
+                                    vector=self.x.detach().cpu().numpy(), **common)
+        since = self.synced_round[client]
+        history = [h for r in range(since + 1, self.round + 1) for h in self.history.get(r, [])]
+        return RoundInstruction(sync="replay", synced_round=since, history=history, **common)
+
+    def plan_round(self, round_: int) -> list[RoundInstruction]:
+        return [self.instruction(round_, c) for c in self.sample_clients(round_)]
+
+    # -- aggregation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def complete_round(
+        self, round_: int, instructions: Sequence[RoundInstruction], replies: Sequence[ClientReply],
+        keep_end_states: bool = False,
+    ) -> RoundOutcome:
+        """Replay each reply's steps (virtual path + GradIP) and aggregate into the global state."""
+        by_client = {r.client: r for r in replies}
+        total = sum(self.client_sizes[i.client] for i in instructions if i.client in by_client)
+        x_start = self.x.clone()
+        updates: list[HistoryEntry] = []
+        outcomes: list[ClientOutcome] = []
+        for instr in sorted(instructions, key=lambda i: i.client):
+            reply = by_client.get(instr.client)
+            if reply is None:
+                continue  # a dropped client: the round goes on with the others
+            p = self.client_sizes[instr.client] / total
+            keys = [derive_key(instr.seed, round_, instr.client, t) for t in range(len(reply.gs))]
+            gradip = [float("nan")] * len(reply.gs)
+            cosine = [float("nan")] * len(reply.gs)
+
+            def on_step(t: int, z: torch.Tensor, g: float) -> None:
+                coef = -(p * instr.lr * g)
+                self.x.add_(torch.mul(z, fp32(coef)))
+                updates.append(HistoryEntry(keys[t], coef))
+                if self.gbar is not None:
+                    dot = float(torch.dot(self.gbar, z))
+                    gradip[t] = g * dot
+                    denom = self._gbar_norm * float(z.norm())
+                    cosine[t] = (1.0 if g >= 0 else -1.0) * dot / denom if denom > 0 else 0.0
+
+            end = replay(x_start, keys, reply.gs, instr.lr, callback=on_step)
+            skipped = sum(1 for g in reply.gs if update_coef(instr.lr, g) is None)
+            outcomes.append(ClientOutcome(
+                client=instr.client, steps=instr.steps, seed=instr.seed, lr=instr.lr, eps=instr.eps,
+                data_offset=instr.data_offset, weight=p, gs=list(reply.gs), losses=list(reply.losses),
+                skipped=skipped, gradip=gradip, cosine=cosine, end_state=end if keep_end_states else None,
+            ))
+            self.data_offset[instr.client] += instr.steps * self.cfg.batch_size
+            self.synced_round[instr.client] = self.round
+        self.history[round_] = updates
+        self.round = round_
+        return RoundOutcome(round=round_, clients=outcomes, state_crc=state_crc(self.x))
+
+    # -- resume -----------------------------------------------------------------------------------
+    def restore_round(self, round_: int, records: Sequence[dict]) -> None:
+        """Re-apply a completed round from its ledger records (resume); bitwise as when it ran."""
+        total = sum(self.client_sizes[int(r["client"])] for r in records)
+        updates: list[HistoryEntry] = []
+        for rec in sorted(records, key=lambda r: int(r["client"])):
+            c = int(rec["client"])
+            p = self.client_sizes[c] / total
+            for t, g in enumerate(rec["gs"]):
+                g = float(g)
+                if update_coef(rec["lr"], g) is None:
+                    continue
+                updates.append(HistoryEntry(derive_key(int(rec["seed"]), round_, c, t), -(p * float(rec["lr"]) * g)))
+            self.data_offset[c] = int(rec["data_offset"]) + int(rec["steps"]) * self.cfg.batch_size
+        apply_history(self.x, updates)
+        self.history[round_] = updates
+        self.round = round_

@@ -1,0 +1,153 @@
+"""The in-process federation: N clients on ONE copy of the base model, a server, a run directory.
+
+Each round: the server plans (sampling, step budgets, seeds, sync payloads); every sampled client
+syncs, runs its ZO steps on the shared model and replies with scalars; the server replays all paths,
+computes GradIP and aggregates. Messages are serialized to bytes in both directions, so the byte
+counts in the ledger are real wire sizes, and the client only ever sees what the bytes carry.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import meerkat_core
+from meerkat_core.errors import MeerkatInputError
+from meerkat_core.fed.checkpoint import save_checkpoint
+from meerkat_core.fed.client import ClientRuntime, ZOClient
+from meerkat_core.fed.config import TrainConfig
+from meerkat_core.fed.protocol import ClientReply, RoundInstruction
+from meerkat_core.fed.rundir import RunDir
+from meerkat_core.fed.server import RoundOutcome, ServerConfig, ZOServer
+from meerkat_core.hashing import sha256_file
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Federation:
+    """Everything a run needs, loaded and checked (nothing written yet)."""
+
+    cfg: TrainConfig
+    loaded: Any
+    task: Any
+    mask: Any | None
+    manifest: Any
+    clients: dict[int, ZOClient]
+    runtime: ClientRuntime
+    server: ZOServer
+    test_set: Any
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def build_federation(cfg: TrainConfig, budget: Callable[[int, int], int] | None = None) -> Federation:
+    from meerkat_core.encoding import encode_split
+    from meerkat_core.mask import load_mask
+    from meerkat_core.models import load_model
+    from meerkat_core.partition import load_partition, verify_partition
+    from meerkat_core.tasks import dataset_fingerprint, get_task, load_task_data
+    from meerkat_core.zo import SparseCoordinates
+
+    cfg.validate()
+    task = get_task(cfg.task)
+    if cfg.mask != "all" and not Path(cfg.mask).is_file():
+        raise MeerkatInputError(f"--mask {cfg.mask}: no such file; make one with `meerkat mask` or pass --mask all")
+    manifest = load_partition(cfg.partition)
+    data = load_task_data(task)
+    verify_partition(manifest, dataset_fingerprint(data.train))
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    mask = load_mask(cfg.mask, loaded.model) if cfg.mask != "all" else None
+    indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
+    coords = SparseCoordinates(loaded.model, indices)
+    x0 = coords.values()
+    gbar = None
+    if mask is not None:
+        gbar = coords.concat({t.name: t.grad_mean for t in mask.nonempty()})
+    train_enc = encode_split(loaded.tokenizer, task, data.train, max_length=cfg.max_length)
+    clients = {}
+    for c in range(manifest.num_clients):
+        idx = manifest.client_indices(c)
+        if idx:
+            clients[c] = ZOClient(c, train_enc.subset(idx), x0)
+    test = data.test if cfg.eval_limit is None else data.test.select(range(min(cfg.eval_limit, len(data.test))))
+    test_set = encode_split(loaded.tokenizer, task, test, max_length=cfg.max_length)
+    server = ZOServer(
+        ServerConfig(
+            seed=cfg.seed, rounds=cfg.rounds, local_steps=cfg.local_steps, clients_per_round=cfg.clients_per_round,
+            lr=cfg.lr, eps=cfg.eps, batch_size=cfg.batch_size, schedule=cfg.schedule, sync=cfg.sync_mode,
+        ),
+        x0, {c: cl.num_examples for c, cl in clients.items()}, gbar=gbar, budget=budget,
+    )
+    runtime = ClientRuntime(model=loaded.model, coords=coords, pad_id=loaded.tokenizer.pad_token_id,
+                            batch_size=cfg.batch_size)
+    provenance = {
+        "meerkat_version": meerkat_core.__version__,
+        "model_fingerprint": loaded.fingerprint,
+        "model_source": loaded.source,
+        "mask_sha256": "all" if mask is None else sha256_file(cfg.mask),
+        "mask_path": "all" if mask is None else str(Path(cfg.mask).resolve()),
+        "k": coords.k,
+        "d": coords.d,
+        "partition_fingerprint": manifest.partition_fingerprint,
+        "dataset_fingerprint": manifest.dataset_fingerprint,
+        "num_clients": len(clients),
+        "torch": torch.__version__,
+    }
+    return Federation(cfg, loaded, task, mask, manifest, clients, runtime, server, test_set, provenance)
+
+
+def run_round(fed: Federation, round_: int) -> tuple[RoundOutcome, dict[int, tuple[int, int]], dict[int, torch.Tensor]]:
+    """One round, with every message passed as bytes. Returns the outcome, per-client (down, up) bytes
+    and the clients' real end states (for the replay-equality check)."""
+    wire: dict[int, tuple[int, int]] = {}
+    instructions: list[RoundInstruction] = []
+    replies: list[ClientReply] = []
+    real_end: dict[int, torch.Tensor] = {}
+    for instr in fed.server.plan_round(round_):
+        down = instr.to_bytes()
+        reply, end_state = fed.clients[instr.client].run_round(RoundInstruction.from_bytes(down), fed.runtime)
+        up = reply.to_bytes()
+        instructions.append(instr)
+        replies.append(ClientReply.from_bytes(up))
+        wire[instr.client] = (len(down), len(up))
+        real_end[instr.client] = end_state
+    outcome = fed.server.complete_round(round_, instructions, replies)
+    return outcome, wire, real_end
+
+
+def evaluate_global(fed: Federation) -> dict[str, Any]:
+    from meerkat_core.evaluation import evaluate_encoded
+
+    fed.runtime.coords.set_values(fed.server.x)
+    res = evaluate_encoded(
+        fed.loaded.model, fed.test_set, list(fed.task.label_names), fed.runtime.pad_id,
+        batch_size=fed.cfg.eval_batch_size, task=fed.task.name,
+    )
+    return {"accuracy": res.accuracy, "loss": res.mean_loss, "n": res.n, "per_class": res.per_class_accuracy}
+
+
+def checkpoint_values(fed: Federation) -> dict[str, torch.Tensor]:
+    return {name: v.clone() for name, v in fed.runtime.coords.split(fed.server.x).items()}
+
+
+def write_checkpoint(fed: Federation, run: RunDir, round_: int) -> Path:
+    path = run.checkpoint_path(round_)
+    meta = {
+        "round": round_, "model": fed.cfg.model, "model_fingerprint": fed.provenance["model_fingerprint"],
+        "mask_sha256": fed.provenance["mask_sha256"], "mask_path": fed.provenance["mask_path"],
+        "k": fed.provenance["k"], "seed": fed.cfg.seed, "meerkat_version": meerkat_core.__version__,
+    }
+    save_checkpoint(path, checkpoint_values(fed), meta)
+    return path
+
+
+def client_record(o: Any, wire: tuple[int, int]) -> dict[str, Any]:
+    return {
+        "round": None, "client": o.client, "steps": o.steps, "seed": o.seed, "lr": o.lr, "eps": o.eps,
+        "data_offset": o.data_offset, "weight": o.weight, "gs": o.gs, "losses": o.losses, "skipped": o.skipped,
+        "bytes_down": wire[0], "bytes_up": wire[1],
+    }

@@ -1,0 +1,167 @@
+"""``run_training``: the whole ``meerkat train`` job over a run directory, resumable.
+
+Order of writes per round (the ledger block is the commit point):
+GradIP file (atomic) -> ledger block (append + fsync) -> metrics (atomic) -> checkpoint (atomic).
+``--resume`` keeps the committed ledger rounds, rebuilds the global state by re-applying them from
+the base model's values (bitwise what the run computed), trims the other files to match, and goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from meerkat_core.errors import MeerkatInputError
+from meerkat_core.fed.config import TrainConfig
+from meerkat_core.fed.rundir import CHECKPOINTS, RunDir
+from meerkat_core.fed.state import state_crc
+from meerkat_core.fed.simulator import (
+    Federation,
+    build_federation,
+    client_record,
+    evaluate_global,
+    run_round,
+    write_checkpoint,
+)
+
+RoundCallback = Callable[[dict[str, Any]], None]
+GRADIP_COLUMNS = ("round", "client", "step", "g", "gradip", "cosine", "loss")
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> RunDir:
+    run = RunDir(Path(cfg.out))
+    if cfg.resume:
+        if not run.exists():
+            raise MeerkatInputError(f"--resume {cfg.out}: not a run directory (no config.json); drop --resume to start")
+        previous = TrainConfig.from_dict(run.read_config().get("train", {}))
+        cfg.check_resumable(previous, cfg.out)
+    elif run.path.exists() and any(run.path.iterdir()):
+        raise MeerkatInputError(f"--out {cfg.out}: exists and is not empty; pass --resume to continue it or choose another path")
+    return run
+
+
+def _should_eval(cfg: TrainConfig, r: int) -> bool:
+    return r == cfg.rounds or (cfg.eval_every > 0 and r % cfg.eval_every == 0)
+
+
+def _should_checkpoint(cfg: TrainConfig, r: int) -> bool:
+    return r == cfg.rounds or (cfg.checkpoint_every > 0 and r % cfg.checkpoint_every == 0)
+
+
+def _restore(fed: Federation, run: RunDir) -> tuple[int, list[dict[str, Any]], dict[str, list[Any]]]:
+    clients, rounds, committed = run.read_ledger()
+    run.truncate_ledger(committed)
+    done = max(rounds) if rounds else 0
+    for r in range(1, done + 1):
+        if r not in rounds:
+            raise MeerkatInputError(f"--resume {run.path}: ledger lacks round {r}; the run directory is damaged")
+        fed.server.restore_round(r, clients[r])
+    hook = getattr(fed.server, "after_restore", None)
+    if hook is not None:
+        hook(clients, rounds)
+    metrics = [m for m in run.read_metrics() if int(m.get("round", 0)) <= done]
+    cols = run.read_gradip()
+    keep = [i for i, r in enumerate(cols.get("round", [])) if r <= done]
+    gradip = {c: [cols[c][i] for i in keep] for c in GRADIP_COLUMNS} if cols else {c: [] for c in GRADIP_COLUMNS}
+    for p in (run.path / CHECKPOINTS).glob("round-*.safetensors"):
+        if int(p.stem.split("-")[1]) > done:
+            p.unlink()
+    if done and _should_checkpoint(fed.cfg, done) and not run.checkpoint_path(done).exists():
+        write_checkpoint(fed, run, done)
+    return done, metrics, gradip
+
+
+def run_training(
+    cfg: TrainConfig,
+    on_round: RoundCallback | None = None,
+    on_event: Callable[[str], None] | None = None,
+    build: Callable[[TrainConfig], Federation] = build_federation,
+) -> dict[str, Any]:
+    """Run (or resume) a federated training job; returns the summary written to summary.json."""
+    cfg.validate()
+    run = _prepare_run_dir(cfg)
+    fed = build(cfg)  # loads and checks every input before anything is written
+    say = on_event or (lambda msg: None)
+    start = time.perf_counter()
+    if cfg.resume:
+        done, metrics, gradip = _restore(fed, run)
+        say(f"resuming after round {done} of {cfg.rounds}")
+    else:
+        run.path.mkdir(parents=True, exist_ok=True)
+        done, metrics, gradip = 0, [], {c: [] for c in GRADIP_COLUMNS}
+    run.write_config({"train": cfg.to_dict(), "provenance": fed.provenance})
+    if done == 0 and not metrics:
+        say("evaluating the starting point")
+        ev = evaluate_global(fed)
+        metrics.append({"round": 0, "eval_accuracy": ev["accuracy"], "eval_loss": ev["loss"], "eval_n": ev["n"]})
+        run.write_metrics(metrics)
+        if on_round:
+            on_round(metrics[-1])
+    for r in range(done + 1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        outcome, wire, _ = run_round(fed, r)
+        records = []
+        for o in outcome.clients:
+            rec = client_record(o, wire[o.client])
+            rec["round"] = r
+            records.append(rec)
+            for t in range(len(o.gs)):
+                for col, val in zip(GRADIP_COLUMNS, (r, o.client, t, o.gs[t], o.gradip[t], o.cosine[t], o.losses[t])):
+                    gradip[col].append(val)
+        run.write_gradip(gradip, {"run_seed": str(cfg.seed), "mask_sha256": fed.provenance["mask_sha256"]})
+        losses = [v for o in outcome.clients for v in o.losses if math.isfinite(v)]
+        row: dict[str, Any] = {
+            "round": r,
+            "clients": [o.client for o in outcome.clients],
+            "mean_loss": sum(losses) / len(losses) if losses else float("nan"),
+            "lr": fed.server.lr_for(r),
+            "steps": sum(o.steps for o in outcome.clients),
+            "skipped": sum(o.skipped for o in outcome.clients),
+            "bytes_down": sum(w[0] for w in wire.values()),
+            "bytes_up": sum(w[1] for w in wire.values()),
+            "seconds": time.perf_counter() - t0,
+        }
+        extra = getattr(fed.server, "round_extra", None)
+        run.append_round(records, {"round": r, "state_crc": outcome.state_crc, **(extra(r) if extra else {}),
+                                   **{k: row[k] for k in ("steps", "skipped", "bytes_down", "bytes_up")}})
+        if _should_eval(cfg, r):
+            ev = evaluate_global(fed)
+            row.update(eval_accuracy=ev["accuracy"], eval_loss=ev["loss"], eval_n=ev["n"])
+        metrics.append(row)
+        run.write_metrics(metrics)
+        if _should_checkpoint(cfg, r):
+            write_checkpoint(fed, run, r)
+        if on_round:
+            on_round(row)
+    summary = summarize(cfg, fed, metrics, run, time.perf_counter() - start)
+    run.write_summary(summary)
+    return summary
+
+
+def summarize(cfg: TrainConfig, fed: Federation, metrics: list[dict[str, Any]], run: RunDir, seconds: float) -> dict[str, Any]:
+    evals = [m for m in metrics if "eval_accuracy" in m]
+    rounds = [m for m in metrics if m.get("round", 0) > 0]
+    steps = sum(m["steps"] for m in rounds)
+    up = sum(m["bytes_up"] for m in rounds)
+    down = sum(m["bytes_down"] for m in rounds)
+    ckpts = sorted((run.path / CHECKPOINTS).glob("round-*.safetensors"))
+    return {
+        "run": str(run.path),
+        "algorithm": cfg.algorithm,
+        "rounds": cfg.rounds,
+        "k": fed.provenance["k"],
+        "d": fed.provenance["d"],
+        "initial_accuracy": evals[0]["eval_accuracy"] if evals else None,
+        "final_accuracy": evals[-1]["eval_accuracy"] if evals else None,
+        "eval_n": evals[-1]["eval_n"] if evals else None,
+        "total_client_steps": steps,
+        "skipped_steps": sum(m["skipped"] for m in rounds),
+        "bytes_up": up,
+        "bytes_down": down,
+        "uplink_bytes_per_step": up / steps if steps else None,
+        "seconds_this_invocation": seconds,
+        "latest_checkpoint": str(ckpts[-1]) if ckpts else None,
+        "final_state_crc": state_crc(fed.server.x),
+    }
