@@ -9,17 +9,15 @@ sequence is also the history a client replays to catch up, so server and clients
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
+from meerkat_core.fed.policy import RoundPolicy, UniformPolicy
 from meerkat_core.fed.protocol import ClientReply, HistoryEntry, RoundInstruction
 from meerkat_core.fed.state import apply_history, fp32, state_crc
 from meerkat_core.zo import derive_key, replay, update_coef
-
-StepBudget = Callable[[int, int], int]  # (round, client) -> local steps
 
 
 @dataclass
@@ -68,7 +66,7 @@ class ZOServer:
         x0: torch.Tensor,
         client_sizes: dict[int, int],
         gbar: torch.Tensor | None = None,
-        budget: StepBudget | None = None,
+        policy: RoundPolicy | None = None,
     ) -> None:
         from meerkat_core.fed.schedule import lr_at
 
@@ -82,20 +80,17 @@ class ZOServer:
         self.synced_round = {c: 0 for c in client_sizes}  # what the server believes each client holds
         self.gbar = gbar.to(x0.device, torch.float32) if gbar is not None else None
         self._gbar_norm = float(self.gbar.norm()) if self.gbar is not None else 0.0
-        self.budget: StepBudget = budget or (lambda r, c: config.local_steps)
+        self.policy: RoundPolicy = policy or UniformPolicy(config.seed, config.clients_per_round, config.local_steps)
 
     # -- planning ---------------------------------------------------------------------------------
     def lr_for(self, round_: int) -> float:
         return self._lr_at(self.cfg.schedule, self.cfg.lr, round_, self.cfg.rounds)
 
     def sample_clients(self, round_: int) -> list[int]:
-        ids = sorted(self.client_sizes)
-        m = min(self.cfg.clients_per_round, len(ids))
-        rng = random.Random(derive_key(self.cfg.seed, round_, -2, 0))
-        return sorted(rng.sample(ids, m))
+        return self.policy.participants(round_, sorted(self.client_sizes))
 
     def instruction(self, round_: int, client: int) -> RoundInstruction:
-        steps = int(self.budget(round_, client))
+        steps = int(self.policy.steps(round_, client))
         common = dict(
             round=round_, client=client, steps=steps, seed=self.cfg.seed, lr=self.lr_for(round_),
             eps=self.cfg.eps, data_offset=self.data_offset[client], state_round=self.round,

@@ -44,7 +44,19 @@ class Federation:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def build_federation(cfg: TrainConfig, budget: Callable[[int, int], int] | None = None) -> Federation:
+def make_policy(cfg: TrainConfig, client_sizes: dict[int, int]) -> Any:
+    """The round policy of ``cfg.algorithm``: uniform sampling for meerkat, calibration +
+    early stopping for meerkat-vp."""
+    from meerkat_core.fed.policy import UniformPolicy
+
+    if cfg.algorithm == "meerkat-vp":
+        from meerkat_core.fed.vp import VPPolicy
+
+        return VPPolicy.from_config(cfg, client_sizes)
+    return UniformPolicy(cfg.seed, cfg.clients_per_round, cfg.local_steps)
+
+
+def build_federation(cfg: TrainConfig) -> Federation:
     from meerkat_core.encoding import encode_split
     from meerkat_core.mask import load_mask
     from meerkat_core.models import load_model
@@ -75,12 +87,13 @@ def build_federation(cfg: TrainConfig, budget: Callable[[int, int], int] | None 
             clients[c] = ZOClient(c, train_enc.subset(idx), x0)
     test = data.test if cfg.eval_limit is None else data.test.select(range(min(cfg.eval_limit, len(data.test))))
     test_set = encode_split(loaded.tokenizer, task, test, max_length=cfg.max_length)
+    sizes = {c: cl.num_examples for c, cl in clients.items()}
     server = ZOServer(
         ServerConfig(
             seed=cfg.seed, rounds=cfg.rounds, local_steps=cfg.local_steps, clients_per_round=cfg.clients_per_round,
             lr=cfg.lr, eps=cfg.eps, batch_size=cfg.batch_size, schedule=cfg.schedule, sync=cfg.sync_mode,
         ),
-        x0, {c: cl.num_examples for c, cl in clients.items()}, gbar=gbar, budget=budget,
+        x0, sizes, gbar=gbar, policy=make_policy(cfg, sizes),
     )
     runtime = ClientRuntime(model=loaded.model, coords=coords, pad_id=loaded.tokenizer.pad_token_id,
                             batch_size=cfg.batch_size)

@@ -58,9 +58,7 @@ def _restore(fed: Federation, run: RunDir) -> tuple[int, list[dict[str, Any]], d
         if r not in rounds:
             raise MeerkatInputError(f"--resume {run.path}: ledger lacks round {r}; the run directory is damaged")
         fed.server.restore_round(r, clients[r])
-    hook = getattr(fed.server, "after_restore", None)
-    if hook is not None:
-        hook(clients, rounds)
+    fed.server.policy.restore(rounds)
     metrics = [m for m in run.read_metrics() if int(m.get("round", 0)) <= done]
     cols = run.read_gradip()
     keep = [i for i, r in enumerate(cols.get("round", [])) if r <= done]
@@ -123,8 +121,8 @@ def run_training(
             "bytes_up": sum(w[1] for w in wire.values()),
             "seconds": time.perf_counter() - t0,
         }
-        extra = getattr(fed.server, "round_extra", None)
-        run.append_round(records, {"round": r, "state_crc": outcome.state_crc, **(extra(r) if extra else {}),
+        decisions = fed.server.policy.on_round_complete(r, outcome)
+        run.append_round(records, {"round": r, "state_crc": outcome.state_crc, **decisions,
                                    **{k: row[k] for k in ("steps", "skipped", "bytes_down", "bytes_up")}})
         if _should_eval(cfg, r):
             ev = evaluate_global(fed)
