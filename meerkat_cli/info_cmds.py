@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import typer
 from rich.table import Table
 
 from meerkat_cli.common import JsonOption, cli_errors, emit_json, out

@@ -27,14 +27,6 @@ def _root() -> None:
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _unwrapped_stderr(monkeypatch):
-    """``meerkat_cli.common.err`` wraps at the console width (80 columns off a terminal), which
-    splits a long one-line error (e.g. one naming a long tmp path) over two lines. Until the shared
-    console soft-wraps, emulate a wide terminal so the one-line check tests this command's output."""
-    from meerkat_cli import common
-
-    monkeypatch.setattr(common.err, "soft_wrap", True)
 LABELS = ["neg", "neutral", "pos"]
 
 
