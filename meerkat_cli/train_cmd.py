@@ -70,6 +70,13 @@ def train_command(
     algorithm: str = typer.Option("meerkat", "--algorithm", help="meerkat or meerkat-vp."),
     vp_calibration_steps: int = typer.Option(100, "--vp-calibration-steps", help="Meerkat-vp: steps per client in the calibration round."),
     vp_stopped_steps: int = typer.Option(1, "--vp-stopped-steps", help="Meerkat-vp: steps per round for flagged clients."),
+    vp_classifier: str = typer.Option("rho", "--vp-classifier", help="Meerkat-vp: classifier of calibration trajectories (rho, none); docs/GRADIP.md."),
+    vp_initial_frac: float = typer.Option(0.2, "--vp-initial-frac", help="Meerkat-vp: initial phase = this share of the first calibration steps."),
+    vp_later_frac: float = typer.Option(0.5, "--vp-later-frac", help="Meerkat-vp: later phase = this share of the last calibration steps."),
+    vp_quiet_factor: float = typer.Option(0.25, "--vp-quiet-factor", help="Meerkat-vp: quiet level sigma = this x mean |GradIP| of the initial phase."),
+    vp_rho_later: float = typer.Option(2.0, "--vp-rho-later", help="Meerkat-vp: flag needs rho_later above this."),
+    vp_rho_quie: float = typer.Option(0.5, "--vp-rho-quie", help="Meerkat-vp: flag needs rho_quie above this."),
+    vp_control: str = typer.Option("none", "--vp-control", help="Meerkat-vp: none, or random (stop as many random clients as were flagged)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last complete round."),
     json_out: bool = JsonOption,
@@ -85,6 +92,8 @@ def train_command(
             schedule=schedule, seed=seed, device=device, dtype=dtype, max_length=max_length, eval_every=eval_every,
             eval_limit=eval_limit, checkpoint_every=checkpoint_every, sync=sync, algorithm=algorithm,
             vp_calibration_steps=vp_calibration_steps, vp_stopped_steps=vp_stopped_steps,
+            vp_classifier=vp_classifier, vp_initial_frac=vp_initial_frac, vp_later_frac=vp_later_frac,
+            vp_quiet_factor=vp_quiet_factor, vp_rho_later=vp_rho_later, vp_rho_quie=vp_rho_quie, vp_control=vp_control,
             trust_remote_code=trust_remote_code, resume=resume,
         ).validate()
         with make_progress(transient=False) as progress:

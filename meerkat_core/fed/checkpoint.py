@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from meerkat_core.atomic import write_bytes_atomic
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.hashing import sha256_file
+from meerkat_core.st_bytes import safetensors_bytes
 
 FORMAT = "meerkat.checkpoint"
 FORMAT_VERSION = "1"
@@ -29,7 +29,7 @@ SEP = "::values"
 def save_checkpoint(path: Path, values: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     tensors = {f"{name}{SEP}": v.detach().to("cpu", torch.float32).contiguous() for name, v in values.items()}
     md = {"format": FORMAT, "format_version": FORMAT_VERSION, **{k: str(v) for k, v in meta.items()}}
-    write_bytes_atomic(path, st_save(tensors, metadata=md))
+    write_bytes_atomic(path, safetensors_bytes(tensors, md))
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

@@ -38,6 +38,13 @@ class TrainConfig:
     algorithm: str = "meerkat"
     vp_calibration_steps: int = 100
     vp_stopped_steps: int = 1
+    vp_classifier: str = "rho"  # meerkat_core.gradip.classify registry; docs/GRADIP.md
+    vp_initial_frac: float = 0.2
+    vp_later_frac: float = 0.5
+    vp_quiet_factor: float = 0.25
+    vp_rho_later: float = 2.0
+    vp_rho_quie: float = 0.5
+    vp_control: str = "none"  # or "random": stop as many random clients as were flagged (ablation)
     trust_remote_code: bool = False
     resume: bool = False
 
@@ -56,10 +63,22 @@ class TrainConfig:
             (self.algorithm in ("meerkat", "meerkat-vp"), f"--algorithm {self.algorithm}: expected meerkat or meerkat-vp"),
             (self.vp_calibration_steps >= 2, f"--vp-calibration-steps {self.vp_calibration_steps}: must be at least 2"),
             (self.vp_stopped_steps >= 1, f"--vp-stopped-steps {self.vp_stopped_steps}: must be at least 1"),
+            (0 < self.vp_initial_frac <= 1 and 0 < self.vp_later_frac <= 1
+             and self.vp_initial_frac + self.vp_later_frac <= 1,
+             f"--vp-initial-frac {self.vp_initial_frac} / --vp-later-frac {self.vp_later_frac}: each in (0, 1], sum <= 1"),
+            (self.vp_quiet_factor > 0, f"--vp-quiet-factor {self.vp_quiet_factor}: must be > 0"),
+            (self.vp_rho_later > 0 and 0 <= self.vp_rho_quie < 1,
+             f"--vp-rho-later {self.vp_rho_later} / --vp-rho-quie {self.vp_rho_quie}: need rho-later > 0, rho-quie in [0, 1)"),
+            (self.vp_control in ("none", "random"), f"--vp-control {self.vp_control}: expected none or random"),
+            (self.algorithm != "meerkat-vp" or self.mask != "all",
+             "--algorithm meerkat-vp needs a sparse mask (GradIP uses the mask's pre-training gradient), not --mask all"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise MeerkatInputError(msg)
+        from meerkat_core.gradip.classify import make_classifier
+
+        make_classifier(self.vp_classifier)  # an unknown name is an input error
         return self
 
     @property

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from meerkat_core.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from meerkat_core.errors import MeerkatInputError
+from meerkat_core.st_bytes import safetensors_bytes
 
 CONFIG = "config.json"
 LEDGER = "ledger.jsonl"
@@ -126,7 +127,8 @@ class RunDir:
             name: torch.tensor(vals, dtype=torch.int32 if name in ("round", "client", "step") else torch.float64)
             for name, vals in columns.items()
         }
-        write_bytes_atomic(self.file(GRADIP), save(tensors, metadata={"format": "meerkat.gradip", "format_version": "1", **meta}))
+        md = {"format": "meerkat.gradip", "format_version": "1", **meta}
+        write_bytes_atomic(self.file(GRADIP), safetensors_bytes(tensors, md))
 
     def read_gradip(self) -> dict[str, list[float]]:
         path = self.file(GRADIP)

@@ -8,10 +8,9 @@ counts in the ledger are real wire sizes, and the client only ever sees what the
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -25,7 +24,6 @@ from meerkat_core.fed.rundir import RunDir
 from meerkat_core.fed.server import RoundOutcome, ServerConfig, ZOServer
 from meerkat_core.hashing import sha256_file
 
-RoundCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -113,9 +111,12 @@ def build_federation(cfg: TrainConfig) -> Federation:
     return Federation(cfg, loaded, task, mask, manifest, clients, runtime, server, test_set, provenance)
 
 
-def run_round(fed: Federation, round_: int) -> tuple[RoundOutcome, dict[int, tuple[int, int]], dict[int, torch.Tensor]]:
+def run_round(
+    fed: Federation, round_: int, keep_end_states: bool = False
+) -> tuple[RoundOutcome, dict[int, tuple[int, int]], dict[int, torch.Tensor]]:
     """One round, with every message passed as bytes. Returns the outcome, per-client (down, up) bytes
-    and the clients' real end states (for the replay-equality check)."""
+    and the clients' real end states (for the replay-equality check; with ``keep_end_states`` the
+    outcome also holds the server's replayed end states)."""
     wire: dict[int, tuple[int, int]] = {}
     instructions: list[RoundInstruction] = []
     replies: list[ClientReply] = []
@@ -127,8 +128,9 @@ def run_round(fed: Federation, round_: int) -> tuple[RoundOutcome, dict[int, tup
         instructions.append(instr)
         replies.append(ClientReply.from_bytes(up))
         wire[instr.client] = (len(down), len(up))
-        real_end[instr.client] = end_state
-    outcome = fed.server.complete_round(round_, instructions, replies)
+        if keep_end_states:
+            real_end[instr.client] = end_state
+    outcome = fed.server.complete_round(round_, instructions, replies, keep_end_states=keep_end_states)
     return outcome, wire, real_end
 
 

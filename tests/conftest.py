@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny model, a mask and partitions for it, made once per session via the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``meerkat`` entry point in a subprocess (the user's path through the CLI)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "meerkat_cli.app", *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"meerkat {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("meerkat")
+
+
+@pytest.fixture(scope="session")
+def tiny_mask(workdir: Path) -> Path:
+    path = workdir / "tiny.mask.safetensors"
+    run_cli("mask", "--model", "tiny-llama", "--samples", "8", "--seq-len", "32", "--batch-size", "4",
+            "--density", "1e-3", "--out", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_partition(workdir: Path) -> Path:
+    path = workdir / "part-dir"
+    run_cli("partition", "--task", "sentiment2", "--clients", "4", "--scheme", "dirichlet", "--alpha", "0.5",
+            "--seed", "0", "--out", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded():
+    from meerkat_core.models import load_model
+
+    return load_model("tiny-llama", device="cpu")

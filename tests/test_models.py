@@ -1,0 +1,98 @@
+"""Model loading: built-ins, local directories, GGUF, hub ids while offline, and the errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from meerkat_core.errors import MeerkatInputError
+from meerkat_core.models import load_model
+from tests.conftest import run_cli
+
+
+def test_tiny_llama_is_deterministic(tiny_loaded) -> None:
+    again = load_model("tiny-llama", device="cpu")
+    a = dict(tiny_loaded.model.named_parameters())
+    b = dict(again.model.named_parameters())
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert tiny_loaded.fingerprint == again.fingerprint
+    assert tiny_loaded.num_parameters == 3_219_776
+    assert tiny_loaded.tokenizer.padding_side == "left"
+    assert len(tiny_loaded.tokenizer) == tiny_loaded.model.config.vocab_size
+
+
+def test_missing_path_is_input_error(tmp_path: Path) -> None:
+    with pytest.raises(MeerkatInputError, match="no such file or directory"):
+        load_model(str(tmp_path / "nope"))
+
+
+def test_corrupt_model_dir_is_input_error(tmp_path: Path, tiny_loaded) -> None:
+    d = tmp_path / "m"
+    tiny_loaded.model.save_pretrained(str(d))
+    tiny_loaded.tokenizer.save_pretrained(str(d))
+    weights = d / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    with pytest.raises(MeerkatInputError, match="cannot load"):
+        load_model(str(d))
+
+
+def test_local_dir_roundtrip(tmp_path: Path, tiny_loaded) -> None:
+    d = tmp_path / "m"
+    tiny_loaded.model.save_pretrained(str(d))
+    tiny_loaded.tokenizer.save_pretrained(str(d))
+    loaded = load_model(str(d), device="cpu")
+    assert loaded.fingerprint == tiny_loaded.fingerprint
+    w = dict(loaded.model.named_parameters())["model.layers.0.mlp.up_proj.weight"]
+    assert torch.equal(w, dict(tiny_loaded.model.named_parameters())["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_hub_id_while_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MeerkatInputError, match="HF_HUB_OFFLINE=1"):
+        load_model("someone/no-such-model-xyz")
+
+
+def test_cli_model_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    cases = [
+        ["eval", "--model", str(tmp_path / "missing"), "--limit", "2"],
+        ["eval", "--model", str(bad), "--limit", "2"],
+        ["eval", "--model", "someone/no-such-model-xyz", "--limit", "2"],
+    ]
+    for args in cases:
+        proc = run_cli(*args, check=False, env={"HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_models_command_json() -> None:
+    rows = json.loads(run_cli("models", "--json").stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["smollm2-135m"]["parameters"] == 134_515_008
+    assert by_name["tiny-llama"]["parameters"] == 3_219_776
+
+
+@pytest.mark.slow
+def test_real_smollm2_offline_prefers_great(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real pretrained SmolLM2-135M, loaded with the hub switched off."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lm = load_model("smollm2-135m", device="cpu")
+    assert lm.num_parameters == 134_515_008
+    tok = lm.tokenizer
+    ids = tok("The movie was absolutely wonderful. It was", return_tensors="pt").input_ids
+    great = tok(" great", add_special_tokens=False).input_ids
+    terrible = tok(" terrible", add_special_tokens=False).input_ids
+    assert len(great) == len(terrible) == 1
+    with torch.inference_mode():
+        logp = lm.model(ids).logits[0, -1].float().log_softmax(-1)
+    assert logp[great[0]] > logp[terrible[0]] + 2.0
+    assert logp[great[0]].item() == pytest.approx(-5.51, abs=0.05)
+    assert logp[terrible[0]].item() == pytest.approx(-8.74, abs=0.05)

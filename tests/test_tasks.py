@@ -1,0 +1,87 @@
+"""Tasks, their data, prompt encoding and label-word scoring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from meerkat_core.encoding import collate, encode_split
+from meerkat_core.errors import MeerkatInputError
+from meerkat_core.scoring import class_scores, target_logprobs
+from meerkat_core.tasks import dataset_fingerprint, get_task, load_task_data
+
+
+@pytest.fixture(scope="module")
+def sentiment2():
+    return load_task_data(get_task("sentiment2"))
+
+
+def test_sentiment2_split(sentiment2) -> None:
+    train, test = sentiment2.train, sentiment2.test
+    assert len(test) == 1000 and len(train) > 20000
+    labels = test["label"]
+    assert labels[:6] == [0, 1, 0, 1, 0, 1]  # class-interleaved: every --limit prefix is balanced
+    assert sum(labels) == 500
+    assert not set(test["text"]) & set(train["text"])
+    assert all("\ufffd" not in t for t in test["text"][:200])
+    again = load_task_data(get_task("sentiment2"))
+    assert dataset_fingerprint(again.train) == dataset_fingerprint(train)
+
+
+def test_sentiment3_has_three_balanced_classes() -> None:
+    data = load_task_data(get_task("sentiment3"))
+    assert [data.test["label"].count(c) for c in range(3)] == [500, 500, 500]
+
+
+def test_unknown_task() -> None:
+    with pytest.raises(MeerkatInputError, match="unknown task 'nope'"):
+        get_task("nope")
+
+
+def _task_file(tmp_path: Path, label_column: str = "y") -> Path:
+    (tmp_path / "train.csv").write_text("sentence,y\ngood stuff,pos\nbad stuff,neg\nnice,pos\n")
+    (tmp_path / "test.jsonl").write_text('{"sentence": "meh", "y": "neg"}\n')
+    spec = {"name": "mine", "label_names": ["neg", "pos"], "label_words": [" bad", " good"],
+            "text_column": "sentence", "label_column": label_column,
+            "train_files": "train.csv", "test_files": ["test.jsonl"]}
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_task_json_with_local_files(tmp_path: Path) -> None:
+    data = load_task_data(get_task(str(_task_file(tmp_path))))
+    assert data.train["label"] == [1, 0, 1] and data.train["text"][0] == "good stuff"
+    assert data.test["label"] == [0]
+
+
+def test_task_json_missing_column(tmp_path: Path) -> None:
+    with pytest.raises(MeerkatInputError, match="no column 'label'"):
+        load_task_data(get_task(str(_task_file(tmp_path, label_column="label"))))
+
+
+def test_encoding_keeps_the_cue_when_truncating(tiny_loaded, sentiment2) -> None:
+    task = get_task("sentiment2")
+    enc = encode_split(tiny_loaded.tokenizer, task, sentiment2.test.select(range(8)), max_length=6)
+    cue = tiny_loaded.tokenizer(" I feel", add_special_tokens=False).input_ids
+    assert all(len(p) <= 6 and p[-len(cue):] == cue for p in enc.prompts)
+    assert enc.label_words.single_token
+
+
+def test_left_padding_does_not_change_scores(tiny_loaded, sentiment2) -> None:
+    """A padded batch scores each row as if it were alone (position ids follow the mask)."""
+    task = get_task("sentiment2")
+    enc = encode_split(tiny_loaded.tokenizer, task, sentiment2.test.select(range(6)))
+    pad = tiny_loaded.tokenizer.pad_token_id
+    with torch.inference_mode():
+        batched = class_scores(tiny_loaded.model, enc, list(range(6)), pad)
+        single = torch.cat([class_scores(tiny_loaded.model, enc, [i], pad) for i in range(6)])
+        # the general multi-token path agrees with the single-token fast path
+        words = enc.label_words.token_ids
+        slow = torch.stack([target_logprobs(tiny_loaded.model, collate(enc.prompts[:6], [w] * 6, pad)) for w in words], -1)
+    assert batched.shape == (6, 2)
+    torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)
+    torch.testing.assert_close(batched, slow, rtol=0, atol=1e-5)
