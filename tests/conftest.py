@@ -17,12 +17,34 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the real ``meerkat`` entry point in a subprocess (the user's path through the CLI)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "meerkat_cli.app", *args],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900,
-    )
+def run_cli(
+    *args: str, check: bool = True, env: dict[str, str] | None = None, in_process: bool = True
+) -> subprocess.CompletedProcess:
+    """Run the ``meerkat`` app on ``args``: in this process through Typer's runner (fast: no
+    re-import of torch), or with ``in_process=False`` as a real subprocess (exit codes, signals)."""
+    if in_process:
+        from typer.testing import CliRunner
+
+        from meerkat_cli.app import app
+
+        saved = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})
+        try:
+            res = CliRunner().invoke(app, list(args))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        if res.exception is not None and not isinstance(res.exception, SystemExit):
+            raise res.exception
+        proc = subprocess.CompletedProcess(list(args), res.exit_code, res.stdout, res.stderr)
+    else:
+        proc = subprocess.run(
+            [sys.executable, "-m", "meerkat_cli.app", *args],
+            capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900,
+        )
     if check and proc.returncode != 0:
         raise AssertionError(f"meerkat {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc

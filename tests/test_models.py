@@ -66,7 +66,7 @@ def test_cli_model_errors_are_one_line(tmp_path: Path) -> None:
         ["eval", "--model", "someone/no-such-model-xyz", "--limit", "2"],
     ]
     for args in cases:
-        proc = run_cli(*args, check=False, env={"HF_HUB_OFFLINE": "1"})
+        proc = run_cli(*args, check=False, env={"HF_HUB_OFFLINE": "1"}, in_process=False)
         assert proc.returncode == 2, (args, proc.stderr)
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr

@@ -21,7 +21,7 @@ def sentiment2():
 
 def test_sentiment2_split(sentiment2) -> None:
     train, test = sentiment2.train, sentiment2.test
-    assert len(test) == 1000 and len(train) > 20000
+    assert len(test) == 1000 and len(train) == 12664 and sum(train["label"]) == 6332  # balanced
     labels = test["label"]
     assert labels[:6] == [0, 1, 0, 1, 0, 1]  # class-interleaved: every --limit prefix is balanced
     assert sum(labels) == 500

@@ -79,7 +79,7 @@ def test_export_writes_merged_model(finished_run: tuple[Path, dict], tmp_path: P
 def test_resume_after_sigkill_is_bitwise(tiny_mask: Path, tiny_partition: Path, tmp_path: Path) -> None:
     rounds = 8
     ref = tmp_path / "ref"
-    run_cli(*train_args(tiny_mask, tiny_partition, ref, rounds=rounds))
+    run_cli(*train_args(tiny_mask, tiny_partition, ref, rounds=rounds), in_process=False)
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "meerkat_cli.app", *train_args(tiny_mask, tiny_partition, out, rounds=rounds)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -94,7 +94,7 @@ def test_resume_after_sigkill_is_bitwise(tiny_mask: Path, tiny_partition: Path, 
     proc.wait()
     killed_at = ledger.read_text().count('"type":"round"')
     assert 3 <= killed_at < rounds, "the run must be killed before it finished"
-    run_cli(*train_args(tiny_mask, tiny_partition, out, "--resume", rounds=rounds))
+    run_cli(*train_args(tiny_mask, tiny_partition, out, "--resume", rounds=rounds), in_process=False)
     name = f"round-{rounds:04d}.safetensors"
     assert (out / "checkpoints" / name).read_bytes() == (ref / "checkpoints" / name).read_bytes()
     led = [json.loads(x) for x in ledger.read_text().splitlines()]

@@ -16,8 +16,9 @@ import torch
 
 from meerkat_core.fed.policy import RoundPolicy, UniformPolicy
 from meerkat_core.fed.protocol import ClientReply, HistoryEntry, RoundInstruction
-from meerkat_core.fed.state import apply_history, fp32, state_crc
+from meerkat_core.fed.state import apply_history, state_crc
 from meerkat_core.zo import derive_key, replay, update_coef
+from meerkat_core.zo.update import add_scaled
 
 
 @dataclass
@@ -129,7 +130,7 @@ class ZOServer:
 
             def on_step(t: int, z: torch.Tensor, g: float) -> None:
                 coef = -(p * instr.lr * g)
-                self.x.add_(torch.mul(z, fp32(coef)))
+                add_scaled(self.x, z, coef)
                 updates.append(HistoryEntry(keys[t], coef))
                 if self.gbar is not None:
                     dot = float(torch.dot(self.gbar, z))

