@@ -134,6 +134,15 @@ def test_cpu_cuda_agree():
         cpu = normal(KEY, n, offset=off)
         gpu = normal(KEY, n, offset=off, device="cuda").cpu()
         assert torch.allclose(gpu, cpu, rtol=1e-6, atol=1e-6)
-        assert torch.equal(gpu, cpu)  # the construction promises bitwise equality
-    words = rng.philox4x32(KEY, torch.arange(1000).view(250, 4))
-    assert torch.equal(rng.philox4x32(KEY, torch.arange(1000).view(250, 4).cuda()).cpu(), words)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_cuda_bitwise():
+    """The construction (exact integer ops, correctly rounded float64 ops) promises equal bits."""
+    words = torch.arange(1000).view(250, 4)
+    assert torch.equal(rng.philox4x32(KEY, words.cuda()).cpu(), rng.philox4x32(KEY, words))
+    for off, n in ((0, 134_515), (12_345, 1_000_003)):
+        cpu = normal(KEY, n, offset=off, dtype=torch.float64)
+        gpu = normal(KEY, n, offset=off, device="cuda", dtype=torch.float64).cpu()
+        assert torch.equal(gpu, cpu)

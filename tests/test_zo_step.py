@@ -185,3 +185,15 @@ def test_bad_arguments():
         replay(coords.values(), [1, 2], [0.1, 0.2], [1e-3])
     with pytest.raises(TypeError):
         replay(coords.values().double(), [1], [0.1], 1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_client_cpu_server_replay():
+    """A client on CUDA, the server replaying on CPU: the same master bits."""
+    model = tiny_llama().cuda()
+    coords = SparseCoordinates(model, random_mask(model, 800, seed=4))
+    x0 = coords.values().cpu()
+    keys = [derive_key(7, 0, 0, t) for t in range(10)]
+    results = run_steps(coords, causal_lm_loss_fn(model, IDS.cuda()), keys, [1e-2] * 10, eps=1e-2)
+    assert torch.equal(replay(x0, keys, [r.g for r in results], 1e-2), coords.master.cpu())

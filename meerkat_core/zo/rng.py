@@ -17,11 +17,13 @@ Construction
   r_j = sqrt(-2 ln u(w_2j)), t_j = 2 pi u(w_2j+1), u(w) = (w + 0.5) / 2^32 in the open interval
   (0, 1). ln, sin and cos are evaluated with short series from correctly rounded operations only
   (+ - * / sqrt frexp), each its own kernel, instead of libm (whose results differ by an ulp between
-  CPU vector/scalar code, MKL builds and CUDA). Accuracy vs exact: < 2e-14 relative in r, < 1e-13
+  CPU vector/scalar code, MKL builds and CUDA). Accuracy vs exact: < 2e-14 relative in r, < 2e-13
   absolute in z. The float64 value is then rounded to the requested dtype.
 
 Cost: about 200 elementwise kernels over count/2 elements (int64 / float64): a few ms for 134.5k
-draws on one CPU core; on a GPU the time is kernel launches (~1 ms) up to ~10^7 draws.
+draws on one CPU core; on a GPU the time is kernel launches (~1 ms) up to ~10^7 draws. On a shared
+CPU, libgomp's active waiting (the default) makes such kernel sequences 10-100x slower; run with
+``OMP_WAIT_POLICY=PASSIVE`` or fewer torch threads there.
 """
 
 from __future__ import annotations
