@@ -20,7 +20,7 @@ echo "== 3. train: federated sparse ZO (seeds down, scalars up)"
 RESUME=""
 [ -f "$OUT/run/config.json" ] && RESUME="--resume"
 meerkat train --model $MODEL --mask "$OUT/mask.safetensors" --partition "$OUT/partition" --task $TASK \
-  --rounds ${ROUNDS:-8} --local-steps 5 --clients-per-round 3 --batch-size 8 --lr ${LR:-2e-3} --eps 1e-3 \
+  --rounds ${ROUNDS:-8} --local-steps 5 --clients-per-round 4 --batch-size 8 --lr ${LR:-1e-4} --eps 1e-3 \
   --eval-limit 200 --out "$OUT/run" $RESUME
 
 echo "== 4. eval: the trained checkpoint on 200 test examples (zero-shot is in the run's metrics, round 0)"
