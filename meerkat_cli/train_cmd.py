@@ -96,7 +96,7 @@ def train_command(
             vp_quiet_factor=vp_quiet_factor, vp_rho_later=vp_rho_later, vp_rho_quie=vp_rho_quie, vp_control=vp_control,
             trust_remote_code=trust_remote_code, resume=resume,
         ).validate()
-        with make_progress(transient=False) as progress:
+        with make_progress(transient=True) as progress:
             bar = progress.add_task("training", total=rounds)
 
             def on_round(row: dict[str, Any]) -> None:

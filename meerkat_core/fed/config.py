@@ -9,7 +9,7 @@ from meerkat_core.errors import MeerkatInputError
 from meerkat_core.fed.schedule import SCHEDULES
 
 # Fields that may differ when a run is resumed (everything else must match the original run).
-RESUMABLE_CHANGES = {"rounds", "resume", "device", "eval_every", "eval_limit", "checkpoint_every"}
+RESUMABLE_CHANGES = {"out", "rounds", "resume", "device", "eval_every", "eval_limit", "checkpoint_every"}
 
 
 @dataclass
