@@ -1,15 +1,113 @@
-"""``meerkat gradip inspect`` (not built yet: see the GradIP issue)."""
+"""``meerkat gradip inspect``: a run's GradIP trajectories per client, their statistics and the
+Meerkat-vp classification (with the margin to each threshold)."""
 
 from __future__ import annotations
 
-import typer
+import math
+from pathlib import Path
+from typing import Any, Optional
 
-from meerkat_cli.common import fail
+import typer
+from rich.table import Table
+
+from meerkat_cli.common import JsonOption, cli_errors, emit_json, err, out
 
 gradip_app = typer.Typer(help="GradIP trajectories of a run.", no_args_is_help=True)
 
 
+def _num(v: Any, fmt: str = "{:.3g}") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "inf" if isinstance(v, float) and v == math.inf else "-"
+    return fmt.format(v)
+
+
+def _vs(value: float, thr: float | None) -> str:
+    """``value``, green with a tick when it passes its threshold."""
+    if thr is None:
+        return _num(value)
+    ok = isinstance(value, float) and not math.isnan(value) and value > thr
+    return f"[green]{_num(value)} ✓[/]" if ok else f"{_num(value)}  "
+
+
+def _table(rep: Any) -> Table:
+    thr = rep.classifier["thresholds"]
+    title = (f"GradIP, round {rep.round} of {rep.run} ({rep.algorithm}; classifier {rep.classifier['name']}, "
+             f"decision: {rep.decision_source})")
+    table = Table(title=title, title_justify="left")
+    cols = (("client", "right"), ("entropy", "right"), ("extreme", "center"), ("steps", "right"),
+            ("|GradIP| init/later", "right"),
+            (f"rho_later (>{_num(thr['rho_later'])})" if "rho_later" in thr else "rho_later", "right"),
+            (f"rho_quie (>{_num(thr['rho_quie'])})" if "rho_quie" in thr else "rho_quie", "right"),
+            ("|GradIP| over steps", "left"), ("flagged", "center"), ("stopped", "center"))
+    for col, just in cols:
+        table.add_column(col, justify=just, no_wrap=True)
+    for r in rep.rows:
+        s = r.stats
+        table.add_row(
+            str(r.client),
+            _num(r.label_entropy_bits, "{:.3f}"),
+            "-" if r.is_extreme is None else ("[red]yes[/]" if r.is_extreme else ""),
+            str(r.steps),
+            f"{_num(s['mean_initial'])} / {_num(s['mean_later'])}",
+            _vs(s["rho_later"], thr.get("rho_later")),
+            _vs(s["rho_quie"], thr.get("rho_quie")),
+            r.sparkline,
+            "[bold red]FLAG[/]" if r.flagged else "",
+            "-" if r.stopped is None else ("yes" if r.stopped else ""),
+        )
+    return table
+
+
+def _footer(rep: Any) -> list[str]:
+    lines = []
+    det = rep.detector()
+    if det is not None:
+        verdict = "exactly the single-label clients" if det["exact"] else (
+            f"false positives {det['false_positives']}, false negatives {det['false_negatives']}")
+        lines.append(f"flagged {det['flagged']}; single-label clients {det['extreme']}: {verdict}")
+        for key, s in det["separation"].items():
+            lines.append(f"  {key}: threshold {_num(s['threshold'])}, min over single-label {_num(s['min_extreme'])}, "
+                         f"max over the others {_num(s['max_other'])}")
+    else:
+        lines.append(f"flagged {rep.flagged}")
+    p = rep.classifier["params"]
+    if "initial_frac" in p:
+        lines.append(f"phases: initial = first {p['initial_frac']:.0%} of steps, later = last {p['later_frac']:.0%}; "
+                     f"quiet level sigma = {p['quiet_factor']} x initial mean")
+    lines.extend(f"note: {n}" for n in rep.notes)
+    return lines
+
+
 @gradip_app.command("inspect")
-def inspect_command() -> None:
-    """Show a run's GradIP trajectories per client. NOT BUILT YET: lands with the GradIP issue; exits non-zero."""
-    raise fail("`meerkat gradip inspect` is not built yet (GradIP issue)")
+def inspect_command(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `meerkat train`."),
+    round_: Optional[int] = typer.Option(None, "--round", help="Round to inspect (default: the first, Meerkat-vp's calibration round)."),
+    client: Optional[int] = typer.Option(None, "--client", help="Only this client."),
+    classifier: Optional[str] = typer.Option(None, "--classifier", help="Classify with this classifier instead of the run's."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the trajectories."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Per client: trajectory statistics, a sparkline of |GradIP|, the Meerkat-vp classification and
+    whether the client was stopped early. Works on plain Meerkat runs too (what vp would decide)."""
+    with cli_errors():
+        from meerkat_core.gradip.report import build_report
+
+        rep = build_report(run_dir, round_=round_, client=client, classifier=classifier)
+        if plot is not None:
+            from meerkat_core.gradip.plot import plot_report
+
+            plot_report(rep, plot)
+            err.print(f"wrote {plot}")
+    if json_out:
+        emit_json(rep.to_json())
+        return
+    table = _table(rep)
+    width = out.width
+    if not out.is_terminal:  # piped: rich would squeeze the table into 80 columns
+        out.width = max(width, out.measure(table, options=out.options.update_width(400)).maximum)
+    try:
+        out.print(table)
+    finally:
+        out.width = width
+    for line in _footer(rep):
+        out.print(line)

@@ -76,6 +76,7 @@ def test_export_writes_merged_model(finished_run: tuple[Path, dict], tmp_path: P
     assert 0 < changed <= sum(v.numel() for v in ckpt.values())
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise(tiny_mask: Path, tiny_partition: Path, tmp_path: Path) -> None:
     rounds = 8
     ref = tmp_path / "ref"
@@ -142,7 +143,7 @@ def test_train_bad_inputs_exit_2_and_write_nothing(tiny_mask: Path, tiny_partiti
             args[pos + 1] = extra[j + 1]
         proc = run_cli(*args, check=False)
         assert proc.returncode == 2, (what, proc.stderr)
-        assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error:"), (what, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.strip().startswith("error:"), (what, proc.stderr)
         assert not out.exists(), what
 
 

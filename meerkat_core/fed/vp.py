@@ -1,0 +1,121 @@
+"""Meerkat-vp's round policy (METHOD.md section 5): a calibration round, then early stopping.
+
+Round 1 is the calibration round: every client takes part and runs ``calibration_steps`` local
+steps; the server's GradIP trajectories of that round go through a classifier
+(``meerkat_core.gradip.classify``). From round 2 on, clients are sampled exactly as plain Meerkat
+samples them (``UniformPolicy``, same seed, so the two algorithms see the same participants), and a
+*stopped* client runs ``stopped_steps`` local steps (default 1) instead of ``local_steps``. The
+server's data pointer still moves through a stopped client's data.
+
+``control="random"`` (the paper's ablation) stops as many clients as the classifier flagged, but
+chosen at random (seeded by the run seed), so the gain of the selection can be told from the gain of
+stopping. The decisions go into the ledger's round-1 record under ``"vp"``, which ``restore``
+reads back on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Sequence
+
+from meerkat_core.fed.policy import UniformPolicy
+from meerkat_core.gradip.classify import Classifier, classify_all, make_classifier, margins, params_from_config
+from meerkat_core.gradip.trajectories import Trajectory
+from meerkat_core.zo import derive_key
+
+CALIBRATION_ROUND = 1
+CONTROLS = ("none", "random")
+
+
+def _finite(v: float) -> float | None:
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+class VPPolicy:
+    def __init__(
+        self,
+        seed: int,
+        clients_per_round: int,
+        local_steps: int,
+        calibration_steps: int,
+        stopped_steps: int,
+        classifier: Classifier,
+        control: str = "none",
+    ) -> None:
+        if control not in CONTROLS:
+            raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+        self.seed = seed
+        self.uniform = UniformPolicy(seed, clients_per_round, local_steps)
+        self.local_steps = local_steps
+        self.calibration_steps = calibration_steps
+        self.stopped_steps = stopped_steps
+        self.classifier = classifier
+        self.control = control
+        self.flagged: list[int] = []
+        self.stopped: set[int] = set()
+        self.decided = False
+
+    @classmethod
+    def from_config(cls, cfg: Any, client_sizes: dict[int, int] | None = None) -> "VPPolicy":
+        return cls(
+            seed=cfg.seed, clients_per_round=cfg.clients_per_round, local_steps=cfg.local_steps,
+            calibration_steps=cfg.vp_calibration_steps, stopped_steps=cfg.vp_stopped_steps,
+            classifier=make_classifier(getattr(cfg, "vp_classifier", "rho"), params_from_config(cfg)),
+            control=getattr(cfg, "vp_control", "none"),
+        )
+
+    # -- RoundPolicy
+    def participants(self, round_: int, clients: Sequence[int]) -> list[int]:
+        if round_ == CALIBRATION_ROUND:
+            return sorted(clients)
+        return self.uniform.participants(round_, clients)
+
+    def steps(self, round_: int, client: int) -> int:
+        if round_ == CALIBRATION_ROUND:
+            return self.calibration_steps
+        return self.stopped_steps if client in self.stopped else self.local_steps
+
+    def on_round_complete(self, round_: int, outcome: Any) -> dict[str, Any]:
+        if round_ != CALIBRATION_ROUND:
+            stopped = sorted(o.client for o in outcome.clients if o.client in self.stopped)
+            return {"vp_stopped": stopped}
+        trajs = {
+            o.client: Trajectory.from_lists(round_, o.client, o.gradip, o.gs, o.cosine, o.losses)
+            for o in outcome.clients
+        }
+        stats, flagged = classify_all(self.classifier, trajs)
+        self.flagged = flagged
+        self.stopped = set(self.choose_stopped(flagged, sorted(trajs)))
+        self.decided = True
+        return {"vp": self.decisions(stats)}
+
+    def restore(self, round_records: dict[int, dict[str, Any]]) -> None:
+        rec = round_records.get(CALIBRATION_ROUND, {}).get("vp")
+        if rec is None:
+            return
+        self.flagged = [int(c) for c in rec["flagged"]]
+        self.stopped = {int(c) for c in rec["stopped"]}
+        self.decided = True
+
+    # -- helpers
+    def choose_stopped(self, flagged: list[int], clients: list[int]) -> list[int]:
+        if self.control == "none":
+            return sorted(flagged)
+        rng = random.Random(derive_key(self.seed, CALIBRATION_ROUND, -3, 0))
+        return sorted(rng.sample(sorted(clients), min(len(flagged), len(clients))))
+
+    def decisions(self, stats: dict[int, dict[str, float]]) -> dict[str, Any]:
+        clf = self.classifier
+        return {
+            "classifier": clf.name,
+            "params": clf.params(),
+            "thresholds": clf.thresholds(),
+            "control": self.control,
+            "calibration_steps": self.calibration_steps,
+            "stopped_steps": self.stopped_steps,
+            "flagged": list(self.flagged),
+            "stopped": sorted(self.stopped),
+            "stats": {str(c): {k: _finite(v) for k, v in s.items()} for c, s in stats.items()},
+            "margins": {str(c): {k: _finite(v) for k, v in margins(clf, s).items()} for c, s in stats.items()},
+        }

@@ -1,0 +1,203 @@
+"""What ``meerkat gradip inspect`` shows: per client, the trajectory statistics of one round, the
+classification (with each statistic beside its threshold), the partition's ground truth when the
+partition is still at hand, and, for a Meerkat-vp run, what the run decided (from the ledger).
+
+On a plain Meerkat run the first round's trajectories are classified with the run's (default)
+classifier settings: what Meerkat-vp would have decided.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meerkat_core.errors import MeerkatInputError
+from meerkat_core.gradip.classify import Classifier, make_classifier, margins, params_from_config
+from meerkat_core.gradip.trajectories import RunTrajectories, Trajectory, load_trajectories
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: np.ndarray | list[float], width: int = 40) -> str:
+    """Unicode bars of ``values`` (bucket means when longer than ``width``), scaled to their max."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return ""
+    buckets = np.array_split(a, min(width, a.size))
+    means = [float(np.nanmean(b)) if np.isfinite(b).any() else math.nan for b in buckets]
+    finite = [m for m in means if math.isfinite(m)]
+    top = max(finite) if finite else 0.0
+    out = []
+    for m in means:
+        if not math.isfinite(m):
+            out.append(" ")
+        else:
+            level = 0 if top <= 0 else min(len(BARS) - 1, int(round(m / top * (len(BARS) - 1))))
+            out.append(BARS[level])
+    return "".join(out)
+
+
+@dataclass
+class ClientRow:
+    client: int
+    steps: int
+    stats: dict[str, float]
+    margins: dict[str, float]
+    flagged: bool
+    stopped: bool | None = None  # None: not a Meerkat-vp run (nothing was stopped)
+    is_extreme: bool | None = None  # None: partition not available
+    label_entropy_bits: float | None = None
+    assigned_label: int | None = None
+    abs_gradip: list[float] = field(default_factory=list)
+    sparkline: str = ""
+
+
+@dataclass
+class Report:
+    run: str
+    round: int
+    rounds: list[int]
+    algorithm: str
+    classifier: dict[str, Any]
+    decision_source: str  # "ledger" (a Meerkat-vp run's own decision) or "computed"
+    rows: list[ClientRow]
+    partition: str | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> list[int]:
+        return [r.client for r in self.rows if r.flagged]
+
+    @property
+    def extreme(self) -> list[int] | None:
+        if any(r.is_extreme is None for r in self.rows):
+            return None
+        return [r.client for r in self.rows if r.is_extreme]
+
+    def detector(self) -> dict[str, Any] | None:
+        """How the flags compare with the partition's single-label clients, and the separation of each
+        thresholded statistic (min over extreme clients vs max over the others)."""
+        ext = self.extreme
+        if ext is None:
+            return None
+        flagged, e = set(self.flagged), set(ext)
+        sep: dict[str, Any] = {}
+        for key, thr in self.classifier["thresholds"].items():
+            xs = [r.stats.get(key, math.nan) for r in self.rows if r.is_extreme]
+            ys = [r.stats.get(key, math.nan) for r in self.rows if not r.is_extreme]
+            sep[key] = {
+                "threshold": thr,
+                "min_extreme": min(xs) if xs else None,
+                "max_other": max(ys) if ys else None,
+            }
+        return {
+            "extreme": sorted(e),
+            "flagged": sorted(flagged),
+            "true_positives": sorted(flagged & e),
+            "false_positives": sorted(flagged - e),
+            "false_negatives": sorted(e - flagged),
+            "exact": flagged == e,
+            "separation": sep,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {
+            "run": self.run, "round": self.round, "rounds": self.rounds, "algorithm": self.algorithm,
+            "classifier": self.classifier, "decision_source": self.decision_source,
+            "partition": self.partition, "flagged": self.flagged, "extreme": self.extreme,
+            "stopped": sorted(r.client for r in self.rows if r.stopped) if self.algorithm == "meerkat-vp" else None,
+            "detector": self.detector(), "notes": self.notes,
+            "clients": [asdict(r) for r in self.rows],
+        }
+        return finite_json(doc)
+
+
+def finite_json(obj: Any) -> Any:
+    """A JSON-safe copy: non-finite floats become None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return finite_json(obj.item())
+    return obj
+
+
+def _partition(train_cfg: dict[str, Any], notes: list[str]) -> Any | None:
+    path = train_cfg.get("partition")
+    if not path:
+        return None
+    try:
+        from meerkat_core.partition import load_partition
+
+        return load_partition(path)
+    except MeerkatInputError as exc:
+        notes.append(f"partition not used ({' '.join(str(exc).split())})")
+        return None
+
+
+def run_classifier(train_cfg: dict[str, Any], name: str | None = None) -> Classifier:
+    return make_classifier(name or train_cfg.get("vp_classifier", "rho"), params_from_config(train_cfg))
+
+
+def build_report(run_dir: str | Path, round_: int | None = None, client: int | None = None,
+                 classifier: str | None = None) -> Report:
+    from meerkat_core.fed.rundir import RunDir
+
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
+        raise MeerkatInputError(f"run {run.path}: no such directory")
+    if not run.exists():
+        raise MeerkatInputError(f"run {run.path}: not a run directory (no config.json)")
+    trajs: RunTrajectories = load_trajectories(run.path)
+    if not trajs.has_values():
+        raise MeerkatInputError(
+            f"run {run.path} has no GradIP trajectories (every value is nan: trained with --mask all, so the "
+            "server holds no pre-training gradient)"
+        )
+    train_cfg = run.read_config().get("train", {})
+    algorithm = str(train_cfg.get("algorithm", "meerkat"))
+    rounds = trajs.rounds()
+    r = rounds[0] if round_ is None else round_
+    if r not in rounds:
+        raise MeerkatInputError(f"--round {r}: run {run.path} has GradIP trajectories for rounds {rounds[0]}..{rounds[-1]}")
+    items: dict[int, Trajectory] = trajs.for_round(r)
+    if client is not None:
+        if client not in items:
+            raise MeerkatInputError(f"--client {client}: not in round {r} of run {run.path} (clients {sorted(items)})")
+        items = {client: items[client]}
+    notes: list[str] = []
+    clf = run_classifier(train_cfg, classifier)
+    _, round_records, _ = run.read_ledger()
+    vp = round_records.get(1, {}).get("vp") if algorithm == "meerkat-vp" else None
+    use_ledger = vp is not None and r == 1 and classifier is None
+    if algorithm == "meerkat" and r == 1:
+        notes.append("plain Meerkat run: flags show what Meerkat-vp would have decided on this round")
+    manifest = _partition(train_cfg, notes)
+    rows = []
+    for c, t in items.items():
+        stats = clf.statistics(t)
+        flagged = int(c) in vp["flagged"] if use_ledger else clf.flag(stats)
+        info = manifest.clients[c] if manifest is not None and 0 <= c < manifest.num_clients else None
+        rows.append(ClientRow(
+            client=c, steps=t.steps, stats=stats, margins=margins(clf, stats), flagged=bool(flagged),
+            stopped=(int(c) in vp["stopped"]) if vp is not None else None,
+            is_extreme=info.is_extreme if info is not None else None,
+            label_entropy_bits=info.label_entropy_bits if info is not None else None,
+            assigned_label=info.assigned_label if info is not None else None,
+            abs_gradip=[float(v) for v in t.abs_gradip], sparkline=sparkline(t.abs_gradip, width=32),
+        ))
+    if use_ledger and any(clf.flag(row.stats) != row.flagged for row in rows):
+        notes.append("the ledger's decision differs from a recomputation with the run's classifier settings")
+    return Report(
+        run=str(run.path), round=r, rounds=rounds, algorithm=algorithm,
+        classifier={"name": clf.name, "params": clf.params(), "thresholds": clf.thresholds()},
+        decision_source="ledger" if use_ledger else "computed", rows=rows,
+        partition=str(manifest.path) if manifest is not None else None, notes=notes,
+    )

@@ -1,0 +1,117 @@
+"""`meerkat gradip inspect` end to end: a Meerkat-vp run and a plain run, --json fields, --plot PNG,
+--round/--client, and the one-line exit-2 errors for missing or corrupt trajectories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture(autouse=True)
+def _no_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meerkat_cli import common
+
+    monkeypatch.setattr(common.err, "soft_wrap", True)
+
+
+@pytest.fixture(scope="module")
+def mixed_partition(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gradip-cli") / "mixed"
+    run_cli("partition", "--task", "sentiment2", "--clients", "4", "--scheme", "mixed", "--extreme-clients", "2",
+            "--seed", "0", "--out", str(path))
+    return path
+
+
+def _train(mask: Path, part: Path, out: Path, *extra: str) -> None:
+    run_cli("train", "--model", "tiny-llama", "--mask", str(mask), "--partition", str(part), "--task", "sentiment2",
+            "--rounds", "2", "--local-steps", "3", "--clients-per-round", "2", "--lr", "1e-2", "--eps", "1e-3",
+            "--batch-size", "2", "--eval-limit", "8", "--device", "cpu", "--out", str(out), *extra)
+
+
+@pytest.fixture(scope="module")
+def vp_run(tiny_mask: Path, mixed_partition: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gradip-cli") / "vp"
+    # thresholds low enough that some client is flagged on these short noisy trajectories
+    _train(tiny_mask, mixed_partition, out, "--algorithm", "meerkat-vp", "--vp-calibration-steps", "10",
+           "--vp-rho-later", "0.01", "--vp-rho-quie", "0")
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny_mask: Path, mixed_partition: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gradip-cli") / "plain"
+    _train(tiny_mask, mixed_partition, out, "--clients-per-round", "4")
+    return out
+
+
+def test_inspect_vp_run_json_and_plot(vp_run: Path, tmp_path: Path) -> None:
+    png = tmp_path / "plots" / "traj.png"
+    proc = run_cli("gradip", "inspect", str(vp_run), "--json", "--plot", str(png))
+    doc = json.loads(proc.stdout)
+    assert doc["algorithm"] == "meerkat-vp" and doc["round"] == 1 and doc["rounds"] == [1, 2]
+    assert doc["decision_source"] == "ledger" and doc["classifier"]["name"] == "rho"
+    assert doc["classifier"]["thresholds"] == {"rho_later": 0.01, "rho_quie": 0.0}
+    assert [c["client"] for c in doc["clients"]] == [0, 1, 2, 3]
+    ledger = [json.loads(ln) for ln in (vp_run / "ledger.jsonl").read_text().splitlines()]
+    vp = next(r for r in ledger if r["type"] == "round" and r["round"] == 1)["vp"]
+    assert doc["flagged"] == vp["flagged"] and doc["stopped"] == vp["stopped"] and doc["flagged"]
+    for c in doc["clients"]:
+        assert c["steps"] == 10 and len(c["abs_gradip"]) == 10 and len(c["sparkline"]) == 10
+        assert set(c["stats"]) >= {"rho_later", "rho_quie", "mean_initial", "mean_later", "sigma"}
+        assert set(c["margins"]) == {"rho_later", "rho_quie"}
+        assert c["is_extreme"] in (True, False) and c["label_entropy_bits"] is not None
+        assert c["stopped"] == (c["client"] in vp["stopped"])
+        assert c["stats"]["rho_later"] == pytest.approx(vp["stats"][str(c["client"])]["rho_later"])
+    assert len(doc["extreme"]) == 2 and doc["detector"]["extreme"] == doc["extreme"]
+    assert set(doc["detector"]["separation"]) == {"rho_later", "rho_quie"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(png.parent.glob(".*tmp"))
+    table = run_cli("gradip", "inspect", str(vp_run)).stdout
+    assert "rho_later (>0.01)" in table and "FLAG" in table and "single-label" in table
+
+
+def test_inspect_round_and_client_filters(vp_run: Path) -> None:
+    r2 = json.loads(run_cli("gradip", "inspect", str(vp_run), "--round", "2", "--json").stdout)
+    assert r2["round"] == 2 and r2["decision_source"] == "computed" and len(r2["clients"]) == 2
+    c = r2["clients"][0]["client"]
+    one = json.loads(run_cli("gradip", "inspect", str(vp_run), "--round", "2", "--client", str(c), "--json").stdout)
+    assert [x["client"] for x in one["clients"]] == [c]
+    bad = run_cli("gradip", "inspect", str(vp_run), "--round", "9", check=False)
+    assert bad.returncode == 2 and "--round 9" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_plain_run_shows_what_vp_would_decide(plain_run: Path) -> None:
+    doc = json.loads(run_cli("gradip", "inspect", str(plain_run), "--json").stdout)
+    assert doc["algorithm"] == "meerkat" and doc["decision_source"] == "computed" and doc["stopped"] is None
+    assert all(c["stopped"] is None and c["steps"] == 3 for c in doc["clients"])
+    assert any("would have decided" in n for n in doc["notes"])
+    other = json.loads(run_cli("gradip", "inspect", str(plain_run), "--classifier", "none", "--json").stdout)
+    assert other["flagged"] == [] and other["classifier"]["name"] == "none"
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
+def test_missing_or_corrupt_trajectories_exit_2_one_line(plain_run: Path, tmp_path: Path, damage: str) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(plain_run, run)
+    f = run / "gradip.safetensors"
+    if damage == "missing":
+        f.unlink()
+    elif damage == "truncated":
+        f.write_bytes(f.read_bytes()[:100])
+    else:
+        f.write_bytes(b"\x00" * 64)
+    png = tmp_path / "x.png"
+    proc = run_cli("gradip", "inspect", str(run), "--plot", str(png), check=False)
+    assert proc.returncode == 2 and proc.stdout == "" and not png.exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    assert ("has no GradIP trajectories" if damage == "missing" else "corrupt or truncated") in lines[0]
+
+
+def test_inspect_not_a_run_directory(tmp_path: Path) -> None:
+    proc = run_cli("gradip", "inspect", str(tmp_path / "nope"), check=False)
+    assert proc.returncode == 2 and "no such directory" in proc.stderr
