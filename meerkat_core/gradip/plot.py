@@ -32,6 +32,7 @@ def plot_report(report: Report, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     colours = {True: "#d62728", False: "#1f77b4", None: "#7f7f7f"}
     n_max = max((r.steps for r in report.rows), default=0)
+    lo, hi = np.inf, 0.0
     for row in report.rows:
         a = np.asarray(row.abs_gradip, dtype=float)
         x = np.arange(a.size)
@@ -40,6 +41,9 @@ def plot_report(report: Report, path: str | Path) -> Path:
         sm = _smooth(a, max(1, a.size // 10))
         ls = "-" if not row.flagged else "--"
         ax.plot(x, sm, color=col, lw=1.6, ls=ls)
+        pos = sm[np.isfinite(sm) & (sm > 0)]
+        if pos.size:
+            lo, hi = min(lo, float(pos.min())), max(hi, float(pos.max()))
         if a.size:
             ax.annotate(str(row.client), (x[-1], sm[-1]), fontsize=7, color=col, xytext=(3, 0),
                         textcoords="offset points", va="center")
@@ -49,6 +53,8 @@ def plot_report(report: Report, path: str | Path) -> Path:
         ax.axvspan(init.start - 0.5, init.stop - 0.5, color="#2ca02c", alpha=0.08, lw=0)
         ax.axvspan(later.start - 0.5, later.stop - 0.5, color="#9467bd", alpha=0.08, lw=0)
     ax.set_yscale("log")
+    if hi > 0 and np.isfinite(lo):  # frame the moving averages; raw spikes may leave the frame
+        ax.set_ylim(lo / 4, hi * 4)
     ax.set_xlabel("local step")
     ax.set_ylabel("|GradIP| (raw faint, moving average bold)")
     ax.set_title(f"GradIP trajectories, round {report.round} ({report.algorithm}, classifier {report.classifier['name']})",

@@ -8,21 +8,24 @@ from transformers import LlamaConfig, LlamaForCausalLM
 TINY_SEED = 1234
 
 
-def tiny_llama_config(vocab_size: int = 49152) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        rms_norm_eps=1e-5,
-    )
+TINY_LLAMA = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+    rms_norm_eps=1e-5,
+)
+
+
+def tiny_llama_config(vocab_size: int = 49152, **overrides: int) -> LlamaConfig:
+    """The built-in tiny-llama's config; ``overrides`` give the engine tests their even smaller ones."""
+    return LlamaConfig(**{**TINY_LLAMA, "vocab_size": vocab_size, **overrides})
 
 
 def build_tiny_llama(seed: int = TINY_SEED, vocab_size: int = 49152) -> LlamaForCausalLM:

@@ -12,20 +12,13 @@ __all__ = ["causal_lm_loss_fn", "random_mask", "tiny_llama"]
 
 def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: int) -> nn.Module:
     """A random LlamaForCausalLM (vocab 128, hidden 32, 2 layers, tied embeddings) in eval mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    cfg = dict(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    cfg.update(overrides)
+    from meerkat_core.models.tiny import tiny_llama_config
+
+    cfg = {"vocab_size": 128, "hidden_size": 32, "intermediate_size": 64, **overrides}
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    model = LlamaForCausalLM(tiny_llama_config(**cfg)).eval()
     return model.to(dtype) if dtype != torch.float32 else model
 
 
