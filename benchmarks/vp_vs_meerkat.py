@@ -49,12 +49,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extreme", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=["meerkat", "meerkat-vp"], choices=sorted(ARMS))
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--local-steps", type=int, default=10)
     p.add_argument("--clients-per-round", type=int, default=10)
-    p.add_argument("--cal-steps", type=int, default=50)
+    p.add_argument("--cal-steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=7e-5)
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--eval-limit", type=int, default=200)
     p.add_argument("--vp", nargs="*", default=[], metavar="KEY=VALUE",
@@ -169,10 +169,12 @@ def summarize(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
 
 
 def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    print(f"{'seed':>4} {'arm':<11} {'acc before':>10} {'acc after':>9} {'steps':>6} {'flagged':<12} {'extreme':<12} exact")
+    print(f"{'seed':>4} {'arm':<11} {'acc before':>10} {'acc after':>9} {'steps':>6} {'flagged':<12} {'stopped':<12} "
+          f"{'extreme':<12} exact")
     for r in rows:
         print(f"{r['seed']:>4} {r['arm']:<11} {r['initial_accuracy']:>10.4f} {r['final_accuracy']:>9.4f} "
-              f"{r['client_steps']:>6} {str(r.get('flagged', '-')):<12} {str(r.get('extreme', '-')):<12} "
+              f"{r['client_steps']:>6} {str(r.get('flagged', '-')):<12} {str(r.get('stopped', '-')):<12} "
+              f"{str(r.get('extreme', '-')):<12} "
               f"{r.get('detector_exact', '-')}")
     print()
     print(f"{'arm':<11} {'n':>2} {'mean acc':>9} {'sd':>7} {'steps':>7} {'vs meerkat (paired)':>22}")

@@ -4,7 +4,6 @@ resume (the stopped set comes back from the ledger), and nobody is flagged on an
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -164,22 +163,23 @@ def test_vp_run_budgets_and_resume(tiny_mask: Path, tiny_partition: Path, tmp_pa
 @pytest.fixture(scope="module")
 def iid_partition(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("vp") / "iid"
-    run_cli("partition", "--task", "sentiment2", "--clients", "6", "--scheme", "iid", "--seed", "0", "--out", str(path))
+    run_cli("partition", "--task", "sentiment2", "--clients", "5", "--scheme", "iid", "--seed", "0", "--out", str(path))
     return path
 
 
-@pytest.mark.slow
 def test_nobody_is_flagged_on_an_all_iid_split(tiny_mask: Path, iid_partition: Path, tmp_path: Path) -> None:
-    """On IID clients |GradIP| does not decay: with the default classifier nobody is flagged, and
-    the statistics stay well inside the thresholds (the margins are measured, not just the flags)."""
+    """IID clients: with the default classifier nobody is flagged, and not by a hair: both statistics
+    stay clearly inside their thresholds for every client (the margins are checked, not only flags)."""
     from meerkat_core.fed.training import run_training
 
     out = tmp_path / "iid-run"
-    run_training(_cfg(tiny_mask, iid_partition, out, rounds=1, vp_calibration_steps=60, vp_classifier="rho",
-                      lr=1e-3, batch_size=4))
+    run_training(_cfg(tiny_mask, iid_partition, out, rounds=1, vp_calibration_steps=100, vp_classifier="rho",
+                      lr=1e-3, batch_size=2))
     rec = next(r for r in _ledger(out) if r["type"] == "round")["vp"]
-    assert rec["flagged"] == [] and rec["stopped"] == [] and len(rec["stats"]) == 6
+    print({c: (round(s["rho_later"], 3), round(s["rho_quie"], 3)) for c, s in rec["stats"].items()})
+    assert rec["flagged"] == [] and rec["stopped"] == [] and len(rec["stats"]) == 5
+    thr = rec["thresholds"]
+    assert thr == {"rho_later": 2.0, "rho_quie": 0.5}  # the documented defaults
     for stats in rec["stats"].values():
-        assert stats["finite_steps"] == 60
-        assert not (stats["rho_later"] > rec["thresholds"]["rho_later"] and stats["rho_quie"] > rec["thresholds"]["rho_quie"])
-        assert stats["rho_later"] < rec["thresholds"]["rho_later"] or math.isnan(stats["rho_later"])
+        assert stats["finite_steps"] == 100
+        assert stats["rho_later"] < 0.75 * thr["rho_later"] and stats["rho_quie"] < 0.8 * thr["rho_quie"]

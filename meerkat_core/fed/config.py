@@ -39,9 +39,9 @@ class TrainConfig:
     vp_calibration_steps: int = 100
     vp_stopped_steps: int = 1
     vp_classifier: str = "rho"  # meerkat_core.gradip.classify registry; docs/GRADIP.md
-    vp_initial_frac: float = 0.2
+    vp_initial_frac: float = 0.3
     vp_later_frac: float = 0.5
-    vp_quiet_factor: float = 0.25
+    vp_quiet_factor: float = 0.3
     vp_rho_later: float = 2.0
     vp_rho_quie: float = 0.5
     vp_control: str = "none"  # or "random": stop as many random clients as were flagged (ablation)

@@ -22,9 +22,9 @@ from meerkat_core.gradip.stats import decay_statistics
 from meerkat_core.gradip.trajectories import Trajectory
 
 # Defaults of the "rho" classifier (docs/GRADIP.md explains them and gives the measured margins).
-DEFAULT_INITIAL_FRAC = 0.2
+DEFAULT_INITIAL_FRAC = 0.3
 DEFAULT_LATER_FRAC = 0.5
-DEFAULT_QUIET_FACTOR = 0.25
+DEFAULT_QUIET_FACTOR = 0.3
 DEFAULT_RHO_LATER = 2.0
 DEFAULT_RHO_QUIE = 0.5
 DEFAULT_CLASSIFIER = "rho"
