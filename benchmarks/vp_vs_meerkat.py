@@ -56,6 +56,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=7e-5)
     p.add_argument("--eps", type=float, default=1e-3)
+    p.add_argument("--loss", default="lm", choices=["lm", "classification"], help="training loss (TrainConfig.loss)")
     p.add_argument("--eval-limit", type=int, default=200)
     p.add_argument("--vp", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra TrainConfig vp_* settings, e.g. vp_rho_later=3")
@@ -118,7 +119,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, mask: str, part: Path
     cfg = TrainConfig(
         model=args.model, mask=mask, partition=str(part), task=args.task, out=str(run), rounds=args.rounds,
         local_steps=args.local_steps, clients_per_round=args.clients_per_round, lr=args.lr, eps=args.eps,
-        batch_size=args.batch_size, seed=seed, device="cpu", eval_limit=args.eval_limit,
+        batch_size=args.batch_size, loss=args.loss, seed=seed, device="cpu", eval_limit=args.eval_limit,
         vp_calibration_steps=args.cal_steps, **ARMS[arm], **dict(_vp_value(v) for v in args.vp),
     )
     t0 = time.perf_counter()

@@ -34,6 +34,29 @@ def label_loss(model: Any, batch: Batch) -> torch.Tensor:
     return -target_logprobs(model, batch).mean()
 
 
+def classification_loss(model: Any, batch: Batch, candidate_ids: list[int]) -> torch.Tensor:
+    """Mean cross-entropy of the true label word among the task's label words only (fp32 scalar).
+
+    MeZO's ``train_as_classification``: the softmax runs over the candidate words' logits, so the loss
+    is the margin between classes and ignores the mass on the rest of the vocabulary. Needs
+    single-token label words (one forward; ``batch.target_ids[:, -1]`` is the true word).
+    """
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=1,
+        use_cache=False,
+    )
+    cand = torch.tensor(candidate_ids, device=batch.target_ids.device)
+    logp = out.logits[:, -1, :].float()[:, cand].log_softmax(dim=-1)
+    true = (batch.target_ids[:, -1:] == cand.unsqueeze(0)).float()  # one-hot [B, C]
+    return -(logp * true).sum(dim=-1).mean()
+
+
+LOSSES = ("lm", "classification")
+
+
 def class_scores(model: Any, enc: EncodedSet, indices: list[int], pad_id: int) -> torch.Tensor:
     """Log-likelihood of every label word after each prompt, fp32 [B, C].
 

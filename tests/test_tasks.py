@@ -85,3 +85,23 @@ def test_left_padding_does_not_change_scores(tiny_loaded, sentiment2) -> None:
     assert batched.shape == (6, 2)
     torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)
     torch.testing.assert_close(batched, slow, rtol=0, atol=1e-5)
+
+
+def test_classification_loss_is_cross_entropy_over_the_label_words(tiny_loaded, sentiment2) -> None:
+    """--loss classification: CE of the true word after a softmax over the label words' scores only,
+    checked against class_scores; it differs from the full-vocabulary loss (label_loss)."""
+    from meerkat_core.encoding import label_batch
+    from meerkat_core.scoring import classification_loss, label_loss
+
+    task = get_task("sentiment2")
+    enc = encode_split(tiny_loaded.tokenizer, task, sentiment2.test.select(range(8)))
+    pad = tiny_loaded.tokenizer.pad_token_id
+    idx = list(range(8))
+    with torch.inference_mode():
+        got = classification_loss(tiny_loaded.model, label_batch(enc, idx, pad), enc.label_words.first_ids)
+        scores = class_scores(tiny_loaded.model, enc, idx, pad).log_softmax(dim=-1)
+        full = label_loss(tiny_loaded.model, label_batch(enc, idx, pad))
+    want = -scores[torch.arange(8), torch.tensor(enc.labels)].mean()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert 0 < got.item() < full.item()  # two-way CE is far below the vocabulary-wide CE at the start

@@ -16,7 +16,7 @@ from meerkat_core.encoding import EncodedSet, label_batch
 from meerkat_core.errors import MeerkatError
 from meerkat_core.fed.protocol import ClientReply, RoundInstruction
 from meerkat_core.fed.state import apply_history, state_crc
-from meerkat_core.scoring import label_loss
+from meerkat_core.scoring import classification_loss, label_loss
 from meerkat_core.zo import SparseCoordinates, derive_key, zo_step
 
 
@@ -52,6 +52,12 @@ class ClientRuntime:
     coords: SparseCoordinates
     pad_id: int
     batch_size: int
+    loss: str = "lm"  # "lm": CE of the label word over the vocabulary; "classification": over the label words
+
+    def loss_fn(self, data: EncodedSet, batch: Any) -> Any:
+        if self.loss == "classification":
+            return lambda: classification_loss(self.model, batch, data.label_words.first_ids)
+        return lambda: label_loss(self.model, batch)
 
 
 class ZOClient:
@@ -67,6 +73,15 @@ class ZOClient:
     @property
     def num_examples(self) -> int:
         return len(self.data)
+
+    def sync_state(self) -> tuple[int, torch.Tensor | None]:
+        """(the round the client is synchronised to, its k-vector; None = still x0), to persist."""
+        return self.synced_round, self._state
+
+    def restore_sync_state(self, synced_round: int, state: torch.Tensor | None) -> None:
+        """Undo ``sync_state`` in a fresh process (a Flower ClientApp runs each message anew)."""
+        self.synced_round = synced_round
+        self._state = None if state is None else state.to(self._x0.device, torch.float32).clone()
 
     def _sync(self, instr: RoundInstruction) -> torch.Tensor:
         if instr.sync == "vector":
@@ -96,7 +111,7 @@ class ZOClient:
             idx = batch_indices(instr.seed, self.client_id, n, instr.data_offset + t * rt.batch_size, rt.batch_size)
             batch = label_batch(self.data, idx, rt.pad_id).to(rt.coords.device)
             key = derive_key(instr.seed, instr.round, self.client_id, t)
-            res = zo_step(rt.coords, lambda: label_loss(rt.model, batch), key, instr.lr, instr.eps)
+            res = zo_step(rt.coords, rt.loss_fn(self.data, batch), key, instr.lr, instr.eps)
             gs.append(res.g)
             losses.append(0.5 * (res.loss_plus + res.loss_minus))
         reply = ClientReply(round=instr.round, client=self.client_id, gs=gs, losses=losses, state_crc=state_crc(x))

@@ -26,6 +26,7 @@ class TrainConfig:
     eps: float = 1e-3
     batch_size: int = 8
     schedule: str = "constant"
+    loss: str = "lm"  # lm | classification (meerkat_core.scoring.LOSSES)
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
@@ -57,6 +58,7 @@ class TrainConfig:
             (self.eps > 0, f"--eps {self.eps}: must be > 0"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1"),
             (self.schedule in SCHEDULES, f"--schedule {self.schedule}: expected one of {', '.join(SCHEDULES)}"),
+            (self.loss in ("lm", "classification"), f"--loss {self.loss}: expected lm or classification"),
             (self.sync in ("auto", "replay", "vector"), f"--sync {self.sync}: expected auto, replay or vector"),
             (self.eval_every >= 0, f"--eval-every {self.eval_every}: must be >= 0"),
             (self.checkpoint_every >= 0, f"--checkpoint-every {self.checkpoint_every}: must be >= 0"),

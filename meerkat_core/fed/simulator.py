@@ -78,6 +78,10 @@ def build_federation(cfg: TrainConfig) -> Federation:
     if mask is not None:
         gbar = coords.concat({t.name: t.grad_mean for t in mask.nonempty()})
     train_enc = encode_split(loaded.tokenizer, task, data.train, max_length=cfg.max_length)
+    if cfg.loss == "classification" and not train_enc.label_words.single_token:
+        raise MeerkatInputError(
+            f"--loss classification: task '{task.name}' has multi-token label words; use --loss lm"
+        )
     clients = {}
     for c in range(manifest.num_clients):
         idx = manifest.client_indices(c)
@@ -94,7 +98,7 @@ def build_federation(cfg: TrainConfig) -> Federation:
         x0, sizes, gbar=gbar, policy=make_policy(cfg, sizes),
     )
     runtime = ClientRuntime(model=loaded.model, coords=coords, pad_id=loaded.tokenizer.pad_token_id,
-                            batch_size=cfg.batch_size)
+                            batch_size=cfg.batch_size, loss=cfg.loss)
     provenance = {
         "meerkat_version": meerkat_core.__version__,
         "model_fingerprint": loaded.fingerprint,
