@@ -59,6 +59,7 @@ def train_command(
     eps: float = typer.Option(1e-3, "--eps", help="Perturbation scale."),
     batch_size: int = typer.Option(8, "--batch-size"),
     schedule: str = typer.Option("constant", "--schedule", help="Learning-rate schedule over rounds: constant, linear, cosine."),
+    loss: str = typer.Option("lm", "--loss", help="lm: cross-entropy of the label word over the vocabulary (METHOD.md); classification: over the task's label words only (MeZO's train_as_classification)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, bf16 or fp16."),
@@ -79,17 +80,18 @@ def train_command(
     vp_control: str = typer.Option("none", "--vp-control", help="Meerkat-vp: none, or random (stop as many random clients as were flagged)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last complete round."),
+    engine: str = typer.Option("inprocess", "--engine", help="inprocess, or flower: a local Flower deployment (pip install 'meerkat[flower]'; docs/DEPLOY_FLOWER.md)."),
     json_out: bool = JsonOption,
 ) -> None:
     """Federated sparse zeroth-order fine-tuning (Meerkat): clients send scalars, the server replays them."""
     with cli_errors():
         from meerkat_core.fed.config import TrainConfig
-        from meerkat_core.fed.training import run_training
+        from meerkat_core.fed.engines import run_engine
 
         cfg = TrainConfig(
             model=model, mask=mask, partition=str(partition), task=task, out=str(out_dir), rounds=rounds,
             local_steps=local_steps, clients_per_round=clients_per_round, lr=lr, eps=eps, batch_size=batch_size,
-            schedule=schedule, seed=seed, device=device, dtype=dtype, max_length=max_length, eval_every=eval_every,
+            schedule=schedule, loss=loss, seed=seed, device=device, dtype=dtype, max_length=max_length, eval_every=eval_every,
             eval_limit=eval_limit, checkpoint_every=checkpoint_every, sync=sync, algorithm=algorithm,
             vp_calibration_steps=vp_calibration_steps, vp_stopped_steps=vp_stopped_steps,
             vp_classifier=vp_classifier, vp_initial_frac=vp_initial_frac, vp_later_frac=vp_later_frac,
@@ -110,7 +112,7 @@ def train_command(
                     parts.append(f"↑{_fmt_bytes(row['bytes_up'])} ↓{_fmt_bytes(row['bytes_down'])}")
                 progress.update(bar, completed=r, description=" | ".join(parts))
 
-            summary = run_training(cfg, on_round=on_round, on_event=lambda m: err.print(f"[dim]{m}[/]"))
+            summary = run_engine(engine, cfg, on_round=on_round, on_event=lambda m: err.print(f"[dim]{m}[/]"))
     if json_out:
         emit_json(summary)
     else:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.fed.config import TrainConfig
 from meerkat_core.fed.rundir import CHECKPOINTS, RunDir
+from meerkat_core.fed.server import RoundOutcome
 from meerkat_core.fed.state import state_crc
 from meerkat_core.fed.simulator import (
     Federation,
@@ -27,6 +28,9 @@ from meerkat_core.fed.simulator import (
 )
 
 RoundCallback = Callable[[dict[str, Any]], None]
+# One round: (outcome, per-client (bytes_down, bytes_up) of the protocol encodings, extra metrics-row
+# fields). The in-process engine is the default; meerkat_core.flower supplies one that uses Flower.
+RoundRunner = Callable[[Federation, int], tuple[RoundOutcome, dict[int, tuple[int, int]], dict[str, Any]]]
 GRADIP_COLUMNS = ("round", "client", "step", "g", "gradip", "cosine", "loss")
 
 
@@ -40,6 +44,11 @@ def _prepare_run_dir(cfg: TrainConfig) -> RunDir:
     elif run.path.exists() and any(run.path.iterdir()):
         raise MeerkatInputError(f"--out {cfg.out}: exists and is not empty; pass --resume to continue it or choose another path")
     return run
+
+
+def check_run_dir(cfg: TrainConfig) -> None:
+    """The --out / --resume checks of ``run_training``, writing nothing (for engines that start elsewhere)."""
+    _prepare_run_dir(cfg)
 
 
 def _should_eval(cfg: TrainConfig, r: int) -> bool:
@@ -76,6 +85,7 @@ def run_training(
     on_round: RoundCallback | None = None,
     on_event: Callable[[str], None] | None = None,
     build: Callable[[TrainConfig], Federation] = build_federation,
+    round_runner: RoundRunner | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a federated training job; returns the summary written to summary.json."""
     cfg.validate()
@@ -99,7 +109,7 @@ def run_training(
             on_round(metrics[-1])
     for r in range(done + 1, cfg.rounds + 1):
         t0 = time.perf_counter()
-        outcome, wire, _ = run_round(fed, r)
+        outcome, wire, extra = (round_runner or run_in_process)(fed, r)
         records = []
         for o in outcome.clients:
             rec = client_record(o, wire[o.client])
@@ -120,6 +130,7 @@ def run_training(
             "bytes_down": sum(w[0] for w in wire.values()),
             "bytes_up": sum(w[1] for w in wire.values()),
             "seconds": time.perf_counter() - t0,
+            **extra,
         }
         decisions = fed.server.policy.on_round_complete(r, outcome)
         run.append_round(records, {"round": r, "state_crc": outcome.state_crc, **decisions,
@@ -136,6 +147,12 @@ def run_training(
     summary = summarize(cfg, fed, metrics, run, time.perf_counter() - start)
     run.write_summary(summary)
     return summary
+
+
+def run_in_process(fed: Federation, r: int) -> tuple[RoundOutcome, dict[int, tuple[int, int]], dict[str, Any]]:
+    """The in-process engine's round (``simulator.run_round``) as a ``RoundRunner``."""
+    outcome, wire, _ = run_round(fed, r)
+    return outcome, wire, {}
 
 
 def summarize(cfg: TrainConfig, fed: Federation, metrics: list[dict[str, Any]], run: RunDir, seconds: float) -> dict[str, Any]:
