@@ -270,3 +270,21 @@ def test_rebuild_on_flattened_model_and_aliased_params():
     coords.perturb(torch.ones(coords.k), 1.0)
     assert q.weight.data_ptr() == o.weight.data_ptr()
     assert torch.equal(q.weight, o.weight)
+
+
+def test_unmasked_weights_leave_a_memory_mapped_checkpoint(tmp_path):
+    """Weights loaded from safetensors are views of one mmap; after flattening, the parameters that
+    own no coordinate get storage of their own too, so the mapping (and its resident pages) can go:
+    otherwise resident memory holds the weights twice (benchmarks/memory.py)."""
+    from transformers import AutoModelForCausalLM
+
+    tiny_llama().save_pretrained(str(tmp_path))
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path))
+    first = next(iter(dict(model.named_parameters()).keys()))
+    before = snapshot(model)
+    ptrs = {n: p.untyped_storage().data_ptr() for n, p in model.named_parameters()}
+    coords = SparseCoordinates(model, {first: torch.tensor([0, 3])})
+    assert coords.flattened
+    for n, p in model.named_parameters():
+        assert p.untyped_storage().data_ptr() != ptrs[n], n  # nothing points into the old storage
+        assert torch.equal(p, before[n]), n
