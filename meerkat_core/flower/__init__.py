@@ -23,5 +23,5 @@ def require_flwr() -> None:
         import flwr  # noqa: F401
     except ImportError:
         raise MeerkatInputError(
-            "--engine flower needs the Flower framework: pip install 'meerkat[flower]' (flwr>=1.20)"
+            "--engine flower needs the Flower framework: pip install 'meerkat[flower]' (flwr>=1.42)"
         ) from None

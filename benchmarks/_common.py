@@ -1,0 +1,240 @@
+"""Helpers shared by the benchmark scripts (not a benchmark itself).
+
+The scripts are run as files (``python benchmarks/NAME.py``) and imported by path in the tests, so each
+one puts this folder on ``sys.path`` and imports ``_common``.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+# A small local copy of the default task (sentiment2), for --quick variants that build many federations:
+# tokenizing the whole built-in train split (12,664 tweets) costs ~3 s per build on 2 cores.
+SMALL_TRAIN, SMALL_TEST = 480, 64
+
+
+def machine(device: str = "cpu") -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "device": device if not str(device).startswith("cuda") else torch.cuda.get_device_name(torch.device(device)),
+        "loadavg_start": os.getloadavg(),
+        "torch": torch.__version__,
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nice": os.nice(0),
+    }
+    return info
+
+
+def cli(*argv: str) -> None:
+    """Run one ``meerkat`` command in this process (no re-import of torch); exit on failure."""
+    from typer.testing import CliRunner
+
+    from meerkat_cli.app import app
+
+    res = CliRunner().invoke(app, list(argv))
+    if res.exit_code != 0:
+        raise SystemExit(f"meerkat {' '.join(argv)} failed: {res.output[-2000:]}")
+
+
+def ensure_mask(path: Path, model: str, method: str = "sensitivity", density: float = 1e-3, seed: int = 0,
+                quick: bool = True) -> Path:
+    """A mask at ``path`` (computed once; kept). ``quick`` uses a few short calibration blocks."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        extra = ["--samples", "8", "--seq-len", "32", "--batch-size", "4"] if quick else []
+        cli("mask", "--model", model, "--method", method, "--density", str(density), "--seed", str(seed),
+            "--device", "cpu", *extra, "--out", str(path))
+    return path
+
+
+def ensure_partition(path: Path, task: str, clients: int, scheme: str = "iid", seed: int = 0, *extra: str) -> Path:
+    path = Path(path)
+    if not (path / "manifest.json").exists():
+        cli("partition", "--task", task, "--clients", str(clients), "--scheme", scheme, "--seed", str(seed),
+            *extra, "--out", str(path))
+    return path
+
+
+def ensure_small_task(folder: Path, n_train: int = SMALL_TRAIN, n_test: int = SMALL_TEST) -> str:
+    """A task JSON file with the first ``n_train`` / ``n_test`` rows of the built-in sentiment2 splits."""
+    folder = Path(folder)
+    spec = folder / "sentiment2-small.json"
+    if spec.exists():
+        return str(spec)
+    from meerkat_core.tasks import get_task, load_task_data
+
+    task = get_task("sentiment2")
+    data = load_task_data(task)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, ds, n in (("train", data.train, n_train), ("test", data.test, n_test)):
+        # the built-in train split is grouped by label; take every j-th row so both labels appear
+        step = max(1, len(ds) // n)
+        rows = [ds[i] for i in range(0, len(ds), step)][:n]
+        with open(folder / f"small-{name}.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["text", "label"])
+            for r in rows:
+                w.writerow([r["text"], int(r["label"])])
+    doc = {"name": "sentiment2-small", "description": f"first rows of sentiment2 ({n_train} train, {n_test} test)",
+           "label_names": list(task.label_names), "label_words": list(task.label_words), "template": task.template,
+           "train_files": "small-train.csv", "test_files": "small-test.csv"}
+    tmp = spec.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(spec)
+    return str(spec)
+
+
+def mean_sd(xs: Iterable[float | None]) -> tuple[float, float]:
+    vals = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> Path:
+    from meerkat_core.atomic import write_json_atomic
+    from meerkat_core.gradip.report import finite_json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, finite_json(doc))
+    print(f"wrote {path}", file=sys.stderr)
+    return path
+
+
+def mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None or (isinstance(n, float) and not math.isfinite(n)):
+        return "-"
+    for unit, f in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= f:
+            return f"{n / f:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+# -- memory of this process (Linux) ---------------------------------------------------------------
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_bytes() -> int | None:
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def hwm_bytes() -> int | None:
+    """Peak resident set size of this process (VmHWM), or ru_maxrss where /proc is missing."""
+    kib = _status_kib("VmHWM")
+    if kib is None:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib * 1024
+
+
+def reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc), so RSS reflects live memory."""
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class AnonPeak:
+    """Peak anonymous resident memory (``RssAnon``), sampled by a background thread every ``interval`` s.
+
+    VmHWM counts file-backed pages too (weights loaded by mmap from safetensors stay mapped and resident
+    after they were read, though the kernel may drop them under pressure); ``RssAnon`` is the memory a
+    process really allocated. Sampling can miss a spike shorter than the interval.
+    """
+
+    def __init__(self, interval: float = 0.002) -> None:
+        import threading
+
+        self.interval = interval
+        self.peak = _status_kib("RssAnon") or 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            v = _status_kib("RssAnon") or 0
+            if v > self.peak:
+                self.peak = v
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "AnonPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        v = _status_kib("RssAnon") or 0
+        self.peak = max(self.peak, v)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak * 1024
+
+
+def anon_bytes() -> int | None:
+    kib = _status_kib("RssAnon")
+    return None if kib is None else kib * 1024
+
+
+def keeps_torch_threads(fn: Any) -> Any:
+    """Restore torch's thread count after ``fn`` (the scripts set it; the tests call them in-process)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        import torch
+
+        prev = torch.get_num_threads()
+        try:
+            return fn(*a, **kw)
+        finally:
+            torch.set_num_threads(prev)
+
+    return wrapper

@@ -1,0 +1,175 @@
+"""The benchmarks' --quick variants (issue #7): each runs on tiny-llama into tmp_path and writes JSON whose
+numbers must be present, sane and consistent with what the code and the wire protocol imply. They check
+the harnesses, not the figures (no timing target is asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY_D = 3_219_776  # tiny-llama's parameters (meerkat models)
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def finite_pos(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def mask_k(path: Path) -> int:
+    from meerkat_core.mask import load_mask
+
+    return sum(t.indices.numel() for t in load_mask(path).nonempty())
+
+
+def test_server_cost_quick(tmp_path: Path, tiny_mask: Path, capsys) -> None:
+    out = tmp_path / "server_cost.json"
+    load("server_cost").main(["--quick", "--mask", str(tiny_mask), "--work", str(tmp_path / "w"), "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["config"]["k"] == mask_k(tiny_mask) and doc["config"]["d"] == TINY_D
+    assert doc["client_steps"] == 3 * 4 * 3  # rounds x clients per round (all 4) x local steps
+    assert [r["round"] for r in doc["per_round"]] == [1, 2, 3]
+    per = doc["per_step_cpu_s"]
+    for key in ("client_zo_step", "server_complete_round", "server_all"):
+        assert finite_pos(per[key]), key
+    assert per["server_all"] >= per["server_complete_round"]
+    assert all(finite_pos(v) for v in doc["server_pieces_per_step_cpu_s"].values())
+    assert doc["fraction_server_complete_round"] == pytest.approx(per["server_complete_round"] / per["client_zo_step"])
+    assert finite_pos(doc["fraction_server_all"])
+    # every client takes part in every round, so from round 2 on each catches up on the previous round's
+    # 12 global updates (one per client step; a non-finite step would be skipped)
+    assert 0 < doc["history_entries_replayed_by_clients"] <= 2 * 4 * 12
+    assert doc["per_round"][0]["sync_cpu"] <= doc["per_round"][0]["client_cpu"]
+    assert "server cost / client step" in capsys.readouterr().out
+
+
+def test_memory_quick(tmp_path: Path, tiny_mask: Path) -> None:
+    out = tmp_path / "memory.json"
+    load("memory").main(["--quick", "--mask", str(tiny_mask), "--work", str(tmp_path / "w"), "--out", str(out)])
+    doc = json.loads(out.read_text())
+    arms = doc["arms"]
+    assert set(arms) == {"inference", "zo", "zo-noflat", "zo-full", "fo-adam"}
+    w = 4 * TINY_D  # fp32 weights
+    for name, a in arms.items():
+        assert a["param_bytes"] == w, name
+        assert a["peak_bytes"] > w and a["baseline_bytes"] > w, name  # the process holds at least the weights
+        assert finite_pos(a["ratio_weights_plus_delta_to_inference"]), name
+        assert a["batch_shape"] == arms["inference"]["batch_shape"], name  # the same batch for every arm
+    assert arms["zo"]["k"] == arms["zo-noflat"]["k"] == mask_k(tiny_mask) and arms["zo-full"]["k"] == TINY_D
+    # physical floors the measurement must see: backprop + Adam holds grads and two moments (3 x weights);
+    # full-parameter ZO holds an fp32 master of all d coordinates (1 x weights)
+    assert arms["fo-adam"]["delta_bytes"] > 2 * w
+    assert arms["zo-full"]["delta_bytes"] > 0.9 * w
+    assert arms["zo"]["delta_bytes"] < arms["fo-adam"]["delta_bytes"]
+    assert doc["ratio_fo_adam_to_inference"] > doc["ratio_zo_to_inference"] > 0
+    assert doc["ratio_zo_to_inference"] == arms["zo"]["ratio_weights_plus_delta_to_inference"]
+
+
+def test_communication_quick(tmp_path: Path, tiny_mask: Path) -> None:
+    out = tmp_path / "communication.json"
+    load("communication").main(["--quick", "--mask", str(tiny_mask), "--work", str(tmp_path / "w"), "--out", str(out)])
+    doc = json.loads(out.read_text())
+    k = mask_k(tiny_mask)
+    assert doc["config"]["k"] == k and doc["config"]["d"] == TINY_D
+    arms = doc["arms"]
+    assert set(arms) == {"meerkat-replay", "meerkat-vector", "full-zo", "full-zo-replay"}
+    for name, a in arms.items():
+        assert a["method"].startswith("trained"), name
+        rows = a["messages_detail"]
+        assert len(rows) == 3 * 2  # rounds x clients per round
+        for r in rows:
+            assert r["steps"] == 3
+            assert r["up_payload"] == 12 * r["steps"]
+            assert 40 <= r["up_header"] <= 200, (name, r)  # "MKT1" + length + a small JSON header
+            assert 64 <= r["down_header"] <= 512, (name, r)
+            if a["sync"] == "vector":
+                assert r["down_payload"] == 4 * a["vector_length"] and r["history_entries"] == 0
+            else:
+                assert r["down_payload"] == 16 * r["history_entries"]
+        assert [r["history_entries"] for r in rows if r["round"] == 1] == [0, 0]
+    assert arms["meerkat-vector"]["vector_length"] == k and arms["full-zo"]["vector_length"] == TINY_D
+    # replay bytes do not depend on k or d: the same schedule gives the same history lengths
+    hist = lambda a: [(r["round"], r["client"], r["history_entries"]) for r in arms[a]["messages_detail"]]  # noqa: E731
+    assert hist("meerkat-replay") == hist("full-zo-replay")
+    assert any(e > 0 for _, _, e in hist("meerkat-replay"))
+    mean_down = {n: a["down_per_client_round"]["mean"] for n, a in arms.items()}
+    assert mean_down["meerkat-replay"] < mean_down["meerkat-vector"] < mean_down["full-zo"]
+    assert doc["fedavg"]["down_per_client_round"] == doc["fedavg"]["up_per_client_round"] == 4 * TINY_D
+    (t,) = doc["bytes_to_target"]
+    assert t["reached"] and t["round"] >= 1
+    assert t["bytes_total"] == t["bytes_up"] + t["bytes_down"] > 0
+    assert t["fedavg_bytes_total_same_rounds"] == t["client_rounds"] * 8 * TINY_D
+
+
+def test_sim_scale_quick(tmp_path: Path, tiny_mask: Path) -> None:
+    out = tmp_path / "sim_scale.json"
+    load("sim_scale").main(["--quick", "--mask", str(tiny_mask), "--work", str(tmp_path / "w"), "--out", str(out)])
+    doc = json.loads(out.read_text())
+    res = doc["results"]
+    assert [r["clients"] for r in res] == [10, 50]
+    for r in res:
+        s, a = r["sampled"], r["all"]
+        assert s["clients"] == 2 * 5 and s["rounds"] == 2  # quick: 2 rounds of 5 clients
+        assert a["clients"] == r["clients"] and a["rounds"] == 1
+        for scen in (s, a):
+            assert scen["steps"] == scen["clients"]  # T = 1
+            assert finite_pos(scen["clients_per_s"]) and finite_pos(scen["clients_per_cpu_s"])
+            shares = scen["share_client_sync"] + scen["share_client_steps"] + scen["share_server"]
+            assert all(0 <= scen[x] <= 1 for x in ("share_client_sync", "share_client_steps", "share_server"))
+            assert shares <= 1 + 1e-9
+            # wire sizes: 12 B per step up, 16 B per replayed global update down, plus small headers
+            assert 40 * scen["clients"] <= scen["bytes_up"] - 12 * scen["steps"] <= 200 * scen["clients"]
+            assert 64 * scen["clients"] <= scen["bytes_down"] - 16 * scen["history_entries"] <= 512 * scen["clients"]
+        assert a["history_entries"] > 0 and a["sync_cpu_s"] > 0  # everyone catches up on rounds 1-2
+        assert r["k"] == mask_k(tiny_mask)
+    assert "rss_per_extra_client_bytes" in res[1]
+
+
+def test_accuracy_sweep_summary_spread() -> None:
+    mod = load("accuracy_sweep")
+    rows = [{"group": "grid", "partition": "iid", "arm": arm, "seed": s, "final_accuracy": acc, "client_steps": 10}
+            for arm, accs in (("meerkat", (0.6, 0.7, 0.8)), ("random", (0.5, 0.5, 0.8))) for s, acc in enumerate(accs)]
+    rows += [{"group": "sweep", "partition": "iid", "arm": "meerkat", "seed": 0, "local_steps": 5,
+              "final_accuracy": 0.6, "client_steps": 10}]
+    summ = mod.summarize(rows)
+    m = summ["grid"]["iid"]["meerkat"]
+    assert m["n"] == 3 and m["mean_accuracy"] == pytest.approx(0.7) and m["sd_accuracy"] == pytest.approx(0.1)
+    r = summ["grid"]["iid"]["random"]
+    assert r["paired_diff_vs_meerkat_mean"] == pytest.approx(-0.1)
+    assert r["min_accuracy"] == 0.5 and r["max_accuracy"] == 0.8
+    assert summ["sweep"]["5"]["n"] == 1
+
+
+def test_accuracy_sweep_quick(tmp_path: Path, tiny_mask: Path) -> None:
+    mod = load("accuracy_sweep")
+    argv = ["--quick", "--mask", str(tiny_mask), "--out", str(tmp_path / "sweep")]
+    doc = mod.main(argv)
+    saved = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(doc["summary"]))
+    grid = [r for r in saved["runs"] if r["group"] == "grid"]
+    sweep = [r for r in saved["runs"] if r["group"] == "sweep"]
+    assert {(r["partition"], r["arm"]) for r in grid} == {(p, a) for p in mod.PARTITIONS for a in mod.ARMS}
+    assert [r["local_steps"] for r in sweep] == [1, 2] and [r["rounds"] for r in sweep] == [2, 1]
+    # the T=2 sweep run has the grid's dirichlet/meerkat settings: one run directory, read back
+    assert sweep[1]["status"] == "read back" and sum(r["status"] == "trained" for r in saved["runs"]) == 13
+    k = mask_k(tiny_mask)
+    for r in saved["runs"]:
+        assert 0 <= r["final_accuracy"] <= 1 and 0 <= r["initial_accuracy"] <= 1
+        assert r["client_steps"] == 4 * 2  # equal budget: 4 clients x 2 local steps, in every arm and T
+        assert r["k"] == (TINY_D if r["arm"] == "full-zo" else k)  # random/magnitude at the mask's density
+    assert set(saved["summary"]["grid"]) == set(mod.PARTITIONS)
+    assert all(e["n"] == 1 for p in saved["summary"]["grid"].values() for e in p.values())
+    # resumable: a second call reads every finished run back
+    again = mod.main(argv)
+    assert all(r["status"] == "read back" for r in again["runs"])
