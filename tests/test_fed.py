@@ -41,6 +41,7 @@ def test_protocol_roundtrip_is_exact() -> None:
 
 def test_replay_equals_client_paths_and_aggregate(tiny_mask: Path, tiny_partition: Path, tmp_path: Path) -> None:
     fed = build_federation(_cfg(tiny_mask, tiny_partition, tmp_path / "r"))
+    fed.client_replay = True  # clients really replay the history they are sent, as over a network
     k = fed.runtime.coords.k
     for r in (1, 2, 3):
         x_before = fed.server.x.clone()
@@ -65,12 +66,19 @@ def test_replay_equals_client_paths_and_aggregate(tiny_mask: Path, tiny_partitio
 
 
 def test_vector_sync_gives_same_state(tiny_mask: Path, tiny_partition: Path, tmp_path: Path) -> None:
+    """Vector sync, replay sync, and the simulator's shortcut of replay sync (clients adopt the
+    server's state instead of replaying) give the same bits, and the shortcut sends the same bytes."""
     a = build_federation(_cfg(tiny_mask, tiny_partition, tmp_path / "a", sync="replay"))
     b = build_federation(_cfg(tiny_mask, tiny_partition, tmp_path / "b", sync="vector"))
-    for r in (1, 2):
+    c = build_federation(_cfg(tiny_mask, tiny_partition, tmp_path / "c", sync="replay"))
+    c.client_replay = True
+    assert not a.client_replay  # the simulator's default
+    for r in (1, 2, 3):
         _, wa, _ = run_round(a, r)
         _, wb, _ = run_round(b, r)
-    assert torch.equal(a.server.x, b.server.x)
+        _, wc, _ = run_round(c, r)
+        assert wa == wc
+    assert torch.equal(a.server.x, b.server.x) and torch.equal(a.server.x, c.server.x)
     assert sum(d for d, _ in wb.values()) > 4 * a.runtime.coords.k * len(wb)  # the vector costs 4 bytes/coordinate
 
 

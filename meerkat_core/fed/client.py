@@ -83,8 +83,11 @@ class ZOClient:
         self.synced_round = synced_round
         self._state = None if state is None else state.to(self._x0.device, torch.float32).clone()
 
-    def _sync(self, instr: RoundInstruction) -> torch.Tensor:
-        if instr.sync == "vector":
+    def _sync(self, instr: RoundInstruction, known_state: torch.Tensor | None = None) -> torch.Tensor:
+        if instr.sync == "replay" and known_state is not None:
+            # in-process shortcut: the global state the history leads to, handed over (crc-checked)
+            x = known_state.detach().to(self._x0.device, torch.float32).clone()
+        elif instr.sync == "vector":
             x = torch.as_tensor(instr.vector, dtype=torch.float32).to(self._x0.device).clone()
         else:
             if instr.synced_round != self.synced_round:
@@ -100,9 +103,16 @@ class ZOClient:
         self._state, self.synced_round = x.clone(), instr.state_round
         return x
 
-    def run_round(self, instr: RoundInstruction, rt: ClientRuntime) -> tuple[ClientReply, torch.Tensor]:
-        """Sync, run ``instr.steps`` ZO steps on the shared model; return the reply and the end state."""
-        x = self._sync(instr)
+    def run_round(
+        self, instr: RoundInstruction, rt: ClientRuntime, known_state: torch.Tensor | None = None
+    ) -> tuple[ClientReply, torch.Tensor]:
+        """Sync, run ``instr.steps`` ZO steps on the shared model; return the reply and the end state.
+
+        ``known_state``: in replay mode, the global state the instruction's history leads to, when the
+        caller already holds it (the in-process simulator); the client then skips replaying the history
+        (O(k) per missed update) and adopts it, still checked against the instruction's crc.
+        """
+        x = self._sync(instr, known_state)
         rt.coords.set_values(x)
         gs: list[float] = []
         losses: list[float] = []

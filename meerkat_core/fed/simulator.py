@@ -40,6 +40,10 @@ class Federation:
     server: ZOServer
     test_set: Any
     provenance: dict[str, Any] = field(default_factory=dict)
+    # False: in replay mode a simulated client adopts the server's state instead of replaying the
+    # history it was sent (same bits, crc-checked; the message is still built and counted). True:
+    # every client really replays it, as over a network (tests of the catch-up path set this).
+    client_replay: bool = False
 
 
 def make_policy(cfg: TrainConfig, client_sizes: dict[int, int]) -> Any:
@@ -127,7 +131,8 @@ def run_round(
     real_end: dict[int, torch.Tensor] = {}
     for instr in fed.server.plan_round(round_):
         down = instr.to_bytes()
-        reply, end_state = fed.clients[instr.client].run_round(RoundInstruction.from_bytes(down), fed.runtime)
+        known = None if fed.client_replay else fed.server.x
+        reply, end_state = fed.clients[instr.client].run_round(RoundInstruction.from_bytes(down), fed.runtime, known)
         up = reply.to_bytes()
         instructions.append(instr)
         replies.append(ClientReply.from_bytes(up))
