@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     history_entries = 0
     sync_box = [0.0]
     for client in fed.clients.values():  # time each client's sync (catch-up) apart from its steps
-        def timed_sync(instr: Any, _orig: Any = client._sync) -> Any:
+        def timed_sync(instr: Any, known_state: Any = None, *, _orig: Any = client._sync) -> Any:
             c = clock()
             try:
-                return _orig(instr)
+                return _orig(instr, known_state)
             finally:
                 sync_box[0] += clock() - c
         client._sync = timed_sync  # type: ignore[method-assign]

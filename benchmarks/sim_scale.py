@@ -71,10 +71,10 @@ def timed_rounds(fed: Any, rounds: list[int], clock: Any = time.process_time) ->
     for client in fed.clients.values():  # time each client's sync (catch-up) apart from its steps
         orig = client.__dict__.setdefault("_bench_orig_sync", client._sync)
 
-        def timed_sync(instr: Any, _orig: Any = orig) -> Any:
+        def timed_sync(instr: Any, known_state: Any = None, *, _orig: Any = orig) -> Any:
             c = clock()
             try:
-                return _orig(instr)
+                return _orig(instr, known_state)
             finally:
                 sync_box[0] += clock() - c
         client._sync = timed_sync  # type: ignore[method-assign]
