@@ -29,6 +29,18 @@ def target_logprobs(model: Any, batch: Batch) -> torch.Tensor:
     return (tok * batch.target_mask).sum(dim=-1)
 
 
+def last_logits(model: Any, batch: Batch) -> torch.Tensor:
+    """fp32 logits at each row's last position (the one that predicts a single-token label), [B, V]."""
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=1,
+        use_cache=False,
+    )
+    return out.logits[:, -1, :].float()
+
+
 def label_loss(model: Any, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy of the label word(s) given the prompt (fp32 scalar): the training loss."""
     return -target_logprobs(model, batch).mean()
@@ -41,15 +53,8 @@ def classification_loss(model: Any, batch: Batch, candidate_ids: list[int]) -> t
     is the margin between classes and ignores the mass on the rest of the vocabulary. Needs
     single-token label words (one forward; ``batch.target_ids[:, -1]`` is the true word).
     """
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=1,
-        use_cache=False,
-    )
     cand = torch.tensor(candidate_ids, device=batch.target_ids.device)
-    logp = out.logits[:, -1, :].float()[:, cand].log_softmax(dim=-1)
+    logp = last_logits(model, batch)[:, cand].log_softmax(dim=-1)
     true = (batch.target_ids[:, -1:] == cand.unsqueeze(0)).float()  # one-hot [B, C]
     return -(logp * true).sum(dim=-1).mean()
 
@@ -69,14 +74,7 @@ def class_scores(model: Any, enc: EncodedSet, indices: list[int], pad_id: int) -
     if words.single_token:
         # score the first label token only; collate with a dummy 1-token target gives the last position
         batch = collate(prompts, [(0,)] * len(prompts), pad_id).to(device)
-        out = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            logits_to_keep=1,
-            use_cache=False,
-        )
-        logp = out.logits[:, -1, :].float().log_softmax(dim=-1)
+        logp = last_logits(model, batch).log_softmax(dim=-1)
         return logp[:, torch.tensor(words.first_ids, device=device)]
     cols = []
     for word in words.token_ids:
