@@ -76,26 +76,41 @@ def margins(clf: Classifier, stats: Mapping[str, float]) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class RhoClassifier:
-    """The paper's statistics on |GradIP|: flagged when ``rho_later > rho_later_min`` AND
-    ``rho_quie > rho_quie_min`` (see ``meerkat_core.gradip.stats``)."""
+class DecayClassifier:
+    """Base of the classifiers on the paper's |GradIP| decay statistics: computes ``rho_later`` and
+    ``rho_quie`` (``meerkat_core.gradip.stats``); subclasses decide what to flag."""
 
     initial_frac: float = DEFAULT_INITIAL_FRAC
     later_frac: float = DEFAULT_LATER_FRAC
     quiet_factor: float = DEFAULT_QUIET_FACTOR
-    rho_later_min: float = DEFAULT_RHO_LATER
-    rho_quie_min: float = DEFAULT_RHO_QUIE
-    name: str = "rho"
 
     def statistics(self, trajectory: Trajectory) -> dict[str, float]:
         return decay_statistics(trajectory.gradip, self.initial_frac, self.later_frac, self.quiet_factor)
 
+    def params(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _decay_params(params: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        "initial_frac": float(params.get("initial_frac", DEFAULT_INITIAL_FRAC)),
+        "later_frac": float(params.get("later_frac", DEFAULT_LATER_FRAC)),
+        "quiet_factor": float(params.get("quiet_factor", DEFAULT_QUIET_FACTOR)),
+    }
+
+
+@dataclass(frozen=True)
+class RhoClassifier(DecayClassifier):
+    """The paper's statistics on |GradIP|: flagged when ``rho_later > rho_later_min`` AND
+    ``rho_quie > rho_quie_min``."""
+
+    rho_later_min: float = DEFAULT_RHO_LATER
+    rho_quie_min: float = DEFAULT_RHO_QUIE
+    name: str = "rho"
+
     def flag(self, stats: Mapping[str, float]) -> bool:
         a, b = stats.get("rho_later", math.nan), stats.get("rho_quie", math.nan)
         return bool(a > self.rho_later_min and b > self.rho_quie_min)  # nan compares False
-
-    def params(self) -> dict[str, Any]:
-        return asdict(self)
 
     def thresholds(self) -> dict[str, float]:
         return {"rho_later": self.rho_later_min, "rho_quie": self.rho_quie_min}
@@ -103,32 +118,20 @@ class RhoClassifier:
 
 @register_classifier("rho")
 def _rho(params: Mapping[str, Any]) -> Classifier:
-    return RhoClassifier(
-        initial_frac=float(params.get("initial_frac", DEFAULT_INITIAL_FRAC)),
-        later_frac=float(params.get("later_frac", DEFAULT_LATER_FRAC)),
-        quiet_factor=float(params.get("quiet_factor", DEFAULT_QUIET_FACTOR)),
-        rho_later_min=float(params.get("rho_later", DEFAULT_RHO_LATER)),
-        rho_quie_min=float(params.get("rho_quie", DEFAULT_RHO_QUIE)),
-    )
+    return RhoClassifier(**_decay_params(params),
+                         rho_later_min=float(params.get("rho_later", DEFAULT_RHO_LATER)),
+                         rho_quie_min=float(params.get("rho_quie", DEFAULT_RHO_QUIE)))
 
 
 @dataclass(frozen=True)
-class NeverClassifier:
-    """Flags nobody (a control: Meerkat with the calibration round and no early stopping)."""
+class NeverClassifier(DecayClassifier):
+    """Flags nobody (a control: Meerkat with the calibration round and no early stopping); still
+    reports the decay statistics."""
 
-    initial_frac: float = DEFAULT_INITIAL_FRAC
-    later_frac: float = DEFAULT_LATER_FRAC
-    quiet_factor: float = DEFAULT_QUIET_FACTOR
     name: str = "none"
-
-    def statistics(self, trajectory: Trajectory) -> dict[str, float]:
-        return decay_statistics(trajectory.gradip, self.initial_frac, self.later_frac, self.quiet_factor)
 
     def flag(self, stats: Mapping[str, float]) -> bool:
         return False
-
-    def params(self) -> dict[str, Any]:
-        return asdict(self)
 
     def thresholds(self) -> dict[str, float]:
         return {}
@@ -136,11 +139,7 @@ class NeverClassifier:
 
 @register_classifier("none")
 def _never(params: Mapping[str, Any]) -> Classifier:
-    return NeverClassifier(
-        initial_frac=float(params.get("initial_frac", DEFAULT_INITIAL_FRAC)),
-        later_frac=float(params.get("later_frac", DEFAULT_LATER_FRAC)),
-        quiet_factor=float(params.get("quiet_factor", DEFAULT_QUIET_FACTOR)),
-    )
+    return NeverClassifier(**_decay_params(params))
 
 
 def params_from_config(cfg: Any) -> dict[str, Any]:
