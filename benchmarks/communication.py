@@ -25,6 +25,7 @@ Every measured byte count is split into payload (what the protocol implies: 16 B
 run reached after round 0), with what FedAvg would have sent for the same rounds and participants.
 
     python benchmarks/communication.py --mask MASK [--model smollm2-135m] [--run-dir RUN ...] [--target 0.7]
+    python benchmarks/communication.py --arms --run-dir RUN ... --target 0.75   # existing runs only
     python benchmarks/communication.py --quick      # tiny-llama, every arm trained, < 1 minute
 """
 
@@ -54,7 +55,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--mask", help="sparse mask file (default with --quick: computed into --work)")
     p.add_argument("--task", default="sentiment2")
-    p.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=list(ARMS))
+    p.add_argument("--arms", nargs="*", choices=sorted(ARMS), default=list(ARMS),
+                   help="none (a bare --arms): only bytes-to-target of --run-dir, nothing trained or loaded")
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--clients-per-round", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
@@ -71,6 +73,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", default="runs/bench/communication")
     p.add_argument("--out", default="benchmarks/results/communication.json")
     args = p.parse_args(argv)
+    if not args.arms and not args.run_dir:
+        p.error("nothing to do: give --arms, or --run-dir with a bare --arms")
     if args.quick:
         args.model = "tiny-llama"
         args.clients, args.clients_per_round, args.rounds, args.local_steps = 4, 2, 3, 3
@@ -211,6 +215,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     from meerkat_core.models import load_model
 
+    if not args.arms:  # bytes-to-target of existing runs only (d from each run's provenance)
+        res = {"machine": _common.machine("cpu"), "config": None, "arms": {}, "fedavg": None,
+               "bytes_to_target": [bytes_to_target(Path(r), args.target) for r in args.run_dir]}
+        report(res)
+        _common.write_json(Path(args.out), res)
+        return res
     work = Path(args.work)
     task = _common.ensure_small_task(work) if args.quick else args.task
     args.task = task
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return res
 
 
-def report(res: dict[str, Any]) -> None:
+def report_arms(res: dict[str, Any]) -> None:
     c = res["config"]
     hb = _common.human_bytes
     print(f"{c['model']}: d={c['d']:,} k={c['k'] if c['k'] is None else format(c['k'], ',')}, {c['clients']} clients, "
@@ -276,6 +286,12 @@ def report(res: dict[str, Any]) -> None:
     f = res["fedavg"]
     print(f"{'fedavg':<16} {hb(f['down_per_client_round']):>18} {'':>16} {'':>11} {hb(f['up_per_client_round']):>16} "
           f"{'':>8}  computed")
+
+
+def report(res: dict[str, Any]) -> None:
+    hb = _common.human_bytes
+    if res["config"] is not None:
+        report_arms(res)
     for t in res["bytes_to_target"]:
         if not t.get("reached"):
             print(f"{t['run']}: target {t.get('target')} not reached" + (f" ({t['error']})" if "error" in t else ""))

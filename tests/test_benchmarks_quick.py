@@ -110,6 +110,23 @@ def test_communication_quick(tmp_path: Path, tiny_mask: Path) -> None:
     assert t["reached"] and t["round"] >= 1
     assert t["bytes_total"] == t["bytes_up"] + t["bytes_down"] > 0
     assert t["fedavg_bytes_total_same_rounds"] == t["client_rounds"] * 8 * TINY_D
+    # a bare --arms reads existing runs only (nothing trained, d from the run's provenance); an unreachable
+    # target is reported as not reached
+    out2 = tmp_path / "b2t.json"
+    load("communication").main(["--arms", "--run-dir", t["run"], t["run"], "--target", "1.01", "--out", str(out2)])
+    doc2 = json.loads(out2.read_text())
+    assert doc2["arms"] == {} and doc2["config"] is None
+    assert [x["reached"] for x in doc2["bytes_to_target"]] == [False, False]
+    # no target: each run's best after training started, the same answer as the full benchmark's
+    load("communication").main(["--arms", "--run-dir", t["run"], "--out", str(out2)])
+    (t2,) = json.loads(out2.read_text())["bytes_to_target"]
+    assert (t2["round"], t2["bytes_total"], t2["fedavg_bytes_total_same_rounds"]) == \
+        (t["round"], t["bytes_total"], t["fedavg_bytes_total_same_rounds"])
+    # an explicit target the starting point already meets costs nothing
+    load("communication").main(["--arms", "--run-dir", t["run"], "--target", str(t["initial_accuracy"]),
+                                "--out", str(out2)])
+    (t3,) = json.loads(out2.read_text())["bytes_to_target"]
+    assert (t3["round"], t3["bytes_total"], t3["client_rounds"]) == (0, 0, 0)
 
 
 def test_sim_scale_quick(tmp_path: Path, tiny_mask: Path) -> None:
