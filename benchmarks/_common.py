@@ -16,7 +16,7 @@ import platform
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 # A small local copy of the default task (sentiment2), for --quick variants that build many federations:
 # tokenizing the whole built-in train split (12,664 tweets) costs ~3 s per build on 2 cores.
@@ -221,6 +221,23 @@ class AnonPeak:
 def anon_bytes() -> int | None:
     kib = _status_kib("RssAnon")
     return None if kib is None else kib * 1024
+
+
+def time_client_syncs(fed: Any, clock: Callable[[], float]) -> list[float]:
+    """Wrap every client's ``_sync`` (its catch-up before the local steps) so its ``clock`` time adds
+    to ``box[0]`` of the returned one-element list; the caller resets it. Wrapping twice keeps one timer."""
+    box = [0.0]
+    for client in fed.clients.values():
+        orig = client.__dict__.setdefault("_bench_orig_sync", client._sync)
+
+        def timed_sync(instr: Any, known_state: Any = None, *, _orig: Any = orig) -> Any:
+            c = clock()
+            try:
+                return _orig(instr, known_state)
+            finally:
+                box[0] += clock() - c
+        client._sync = timed_sync
+    return box
 
 
 def keeps_torch_threads(fn: Any) -> Any:

@@ -93,15 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall = {"client_round": 0.0, "server_complete": 0.0}
     steps_total = 0
     history_entries = 0
-    sync_box = [0.0]
-    for client in fed.clients.values():  # time each client's sync (catch-up) apart from its steps
-        def timed_sync(instr: Any, known_state: Any = None, *, _orig: Any = client._sync) -> Any:
-            c = clock()
-            try:
-                return _orig(instr, known_state)
-            finally:
-                sync_box[0] += clock() - c
-        client._sync = timed_sync  # type: ignore[method-assign]
+    sync_box = _common.time_client_syncs(fed, clock)  # each client's catch-up, apart from its steps
 
     per_round = []
     last: tuple[list, list, int] | None = None

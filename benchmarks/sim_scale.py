@@ -67,17 +67,7 @@ def timed_rounds(fed: Any, rounds: list[int], clock: Any = time.process_time) ->
     from meerkat_core.fed.protocol import ClientReply, RoundInstruction
 
     server = fed.server
-    sync_box = [0.0]
-    for client in fed.clients.values():  # time each client's sync (catch-up) apart from its steps
-        orig = client.__dict__.setdefault("_bench_orig_sync", client._sync)
-
-        def timed_sync(instr: Any, known_state: Any = None, *, _orig: Any = orig) -> Any:
-            c = clock()
-            try:
-                return _orig(instr, known_state)
-            finally:
-                sync_box[0] += clock() - c
-        client._sync = timed_sync  # type: ignore[method-assign]
+    sync_box = _common.time_client_syncs(fed, clock)  # each client's catch-up, apart from its steps
     acc = {"wall_s": 0.0, "cpu_s": 0.0, "client_cpu_s": 0.0, "sync_cpu_s": 0.0, "server_cpu_s": 0.0,
            "messages_cpu_s": 0.0, "clients": 0, "steps": 0, "bytes_down": 0, "bytes_up": 0, "history_entries": 0}
     for r in rounds:
