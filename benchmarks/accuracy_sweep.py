@@ -115,6 +115,22 @@ def partition_for(args: argparse.Namespace, out: Path, task: str, scheme: str, s
                                     *extra[scheme])
 
 
+# settings that change a run's result; a finished run is read back only when they all match
+_RUN_KEYS = ("model", "mask", "partition", "task", "local_steps", "rounds", "clients_per_round", "lr", "eps",
+             "batch_size", "loss", "seed", "eval_limit")
+
+
+def _check_same_settings(run: Path, cfg: Any) -> None:
+    """Refuse to read back a finished run made with other settings (the directory name does not hold them all)."""
+    from meerkat_core.fed.rundir import RunDir
+
+    stored = RunDir(run).read_config().get("train", {})
+    diff = [f"{k}={stored.get(k)!r} (now {getattr(cfg, k)!r})" for k in _RUN_KEYS if stored.get(k) != getattr(cfg, k)]
+    if diff:
+        raise SystemExit(f"accuracy_sweep: {run} was made with other settings: {', '.join(diff)}; "
+                         "use another --out for these settings")
+
+
 def run_one(args: argparse.Namespace, out: Path, task: str, group: str, part_name: str, part: Path, arm: str,
             mask: str, seed: int, steps: int, rounds: int) -> dict[str, Any]:
     import json
@@ -133,6 +149,7 @@ def run_one(args: argparse.Namespace, out: Path, task: str, group: str, part_nam
     summary_path = run / "summary.json"
     resumed = "read back"
     if summary_path.exists():
+        _check_same_settings(run, cfg)
         summary = json.loads(summary_path.read_text())
     else:
         cfg.resume = RunDir(run).exists()

@@ -190,3 +190,6 @@ def test_accuracy_sweep_quick(tmp_path: Path, tiny_mask: Path) -> None:
     # resumable: a second call reads every finished run back
     again = mod.main(argv)
     assert all(r["status"] == "read back" for r in again["runs"])
+    # a finished run is not read back for other settings (the run directory's name does not hold lr or eps)
+    with pytest.raises(SystemExit, match=r"made with other settings: eps=0\.001 \(now 0\.002\)"):
+        mod.main(argv + ["--eps", "0.002"])
