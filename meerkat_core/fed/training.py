@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.fed.config import TrainConfig
+from meerkat_core.fed.run_lock import LOCK, run_dir_lock
 from meerkat_core.fed.rundir import CHECKPOINTS, RunDir
 from meerkat_core.fed.server import RoundOutcome
 from meerkat_core.fed.state import state_crc
@@ -41,7 +42,7 @@ def _prepare_run_dir(cfg: TrainConfig) -> RunDir:
             raise MeerkatInputError(f"--resume {cfg.out}: not a run directory (no config.json); drop --resume to start")
         previous = TrainConfig.from_dict(run.read_config().get("train", {}))
         cfg.check_resumable(previous, cfg.out)
-    elif run.path.exists() and any(run.path.iterdir()):
+    elif run.path.exists() and any(p.name != LOCK for p in run.path.iterdir()):
         raise MeerkatInputError(f"--out {cfg.out}: exists and is not empty; pass --resume to continue it or choose another path")
     return run
 
@@ -87,9 +88,23 @@ def run_training(
     build: Callable[[TrainConfig], Federation] = build_federation,
     round_runner: RoundRunner | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a federated training job; returns the summary written to summary.json."""
+    """Run (or resume) a federated training job; returns the summary written to summary.json.
+
+    The run directory is locked for the whole job (``run_lock``): a second process on it is refused."""
     cfg.validate()
     run = _prepare_run_dir(cfg)
+    with run_dir_lock(run.path):
+        return _train_locked(cfg, run, on_round, on_event, build, round_runner)
+
+
+def _train_locked(
+    cfg: TrainConfig,
+    run: RunDir,
+    on_round: RoundCallback | None,
+    on_event: Callable[[str], None] | None,
+    build: Callable[[TrainConfig], Federation],
+    round_runner: RoundRunner | None,
+) -> dict[str, Any]:
     fed = build(cfg)  # loads and checks every input before anything is written
     say = on_event or (lambda msg: None)
     start = time.perf_counter()

@@ -1,0 +1,75 @@
+"""One writer per run directory (meerkat_core.fed.run_lock) and run_training's use of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meerkat_core.errors import MeerkatInputError
+from meerkat_core.fed.config import TrainConfig
+from meerkat_core.fed.run_lock import LOCK, run_dir_lock
+from meerkat_core.fed.training import run_training
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with run_dir_lock(run) as lock:
+        owner = json.loads(lock.read_text())
+        assert (owner["pid"], owner["host"]) == (os.getpid(), socket.gethostname())
+        (run / "config.json").write_text("{}")
+        with pytest.raises(MeerkatInputError, match=rf"in use by process {os.getpid()} on .*delete the lock file"):
+            with run_dir_lock(run):
+                pass  # pragma: no cover
+        assert lock.exists()  # the refused attempt left the holder's lock alone
+    assert not (run / LOCK).exists() and (run / "config.json").exists()
+
+
+def test_empty_directory_it_created_is_removed(tmp_path: Path) -> None:
+    with run_dir_lock(tmp_path / "new"):
+        assert (tmp_path / "new").is_dir()
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    with run_dir_lock(tmp_path / "old"):
+        pass
+    assert (tmp_path / "old").is_dir()  # it existed before: kept
+
+
+def test_stale_lock_is_taken_over_foreign_one_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = _dead_pid()
+    (run / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": dead}))
+    with run_dir_lock(run) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not (run / LOCK).exists()
+    (run / LOCK).write_text(json.dumps({"host": "some-other-host", "pid": dead}))
+    with pytest.raises(MeerkatInputError, match=rf"in use by process {dead} on some-other-host"):
+        with run_dir_lock(run):
+            pass  # pragma: no cover
+    assert json.loads((run / LOCK).read_text())["host"] == "some-other-host"
+
+
+def test_run_training_refuses_a_locked_run_dir(tiny_mask: Path, tiny_partition: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = TrainConfig(model="tiny-llama", mask=str(tiny_mask), partition=str(tiny_partition), task="sentiment2",
+                      out=str(out), rounds=1, local_steps=1, clients_per_round=1, lr=1e-2, batch_size=2,
+                      device="cpu", eval_limit=4)
+    with run_dir_lock(out):  # another job holds it (this process plays both)
+        with pytest.raises(MeerkatInputError, match="in use by process"):
+            run_training(cfg)
+        assert [p.name for p in out.iterdir()] == [LOCK]  # nothing written by the refused job
+    summary = run_training(cfg)  # free again: it runs, and releases the lock
+    assert summary["total_client_steps"] == 1 and not (out / LOCK).exists()
+    assert (out / "summary.json").exists()
