@@ -115,17 +115,18 @@ def partition_for(args: argparse.Namespace, out: Path, task: str, scheme: str, s
                                     *extra[scheme])
 
 
-# settings that change a run's result; a finished run is read back only when they all match
-_RUN_KEYS = ("model", "mask", "partition", "task", "local_steps", "rounds", "clients_per_round", "lr", "eps",
-             "batch_size", "loss", "seed", "eval_limit")
+# TrainConfig fields that do not change a finished run's result; every other one must match to read it back
+_READ_BACK_IGNORES = ("out", "resume", "device", "eval_every", "checkpoint_every")
 
 
 def _check_same_settings(run: Path, cfg: Any) -> None:
     """Refuse to read back a finished run made with other settings (the directory name does not hold them all)."""
+    from meerkat_core.fed.config import TrainConfig
     from meerkat_core.fed.rundir import RunDir
 
-    stored = RunDir(run).read_config().get("train", {})
-    diff = [f"{k}={stored.get(k)!r} (now {getattr(cfg, k)!r})" for k in _RUN_KEYS if stored.get(k) != getattr(cfg, k)]
+    previous = TrainConfig.from_dict(RunDir(run).read_config().get("train", {}))
+    diff = [f"{k}={getattr(previous, k)!r} (now {getattr(cfg, k)!r})"
+            for k in cfg.changed_settings(previous, _READ_BACK_IGNORES)]
     if diff:
         raise SystemExit(f"accuracy_sweep: {run} was made with other settings: {', '.join(diff)}; "
                          "use another --out for these settings")

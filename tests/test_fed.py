@@ -102,3 +102,17 @@ def test_safetensors_bytes_are_reproducible_and_standard() -> None:
     assert one == two
     back = load(one)
     assert all(torch.equal(back[k], t[k]) for k in t)
+
+
+def test_changed_settings_and_resume_check(tmp_path: Path) -> None:
+    import pytest
+
+    from meerkat_core.errors import MeerkatInputError
+
+    a = _cfg(Path("m"), Path("p"), tmp_path / "r")
+    b = _cfg(Path("m"), Path("p"), tmp_path / "other", lr=2e-2, rounds=9, schedule="cosine")
+    assert b.changed_settings(a) == ["out", "rounds", "lr", "schedule"]
+    assert b.changed_settings(a, ["out", "rounds"]) == ["lr", "schedule"]
+    with pytest.raises(MeerkatInputError, match=r"--resume R: --lr is 0\.02 but the run used 0\.01"):
+        b.check_resumable(a, "R")
+    _cfg(Path("m"), Path("p"), tmp_path / "x", rounds=9, eval_limit=8).check_resumable(a, "R")  # resumable changes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Iterable
 
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.fed.schedule import SCHEDULES
@@ -97,10 +97,15 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})
 
+    def changed_settings(self, previous: "TrainConfig", ignore: Iterable[str] = ()) -> list[str]:
+        """The settings (in field order) whose values differ from ``previous``, except ``ignore``."""
+        mine, theirs, skip = self.to_dict(), previous.to_dict(), set(ignore)
+        return [k for k in mine if k not in skip and mine[k] != theirs.get(k)]
+
     def check_resumable(self, previous: "TrainConfig", where: str) -> None:
-        mine, theirs = self.to_dict(), previous.to_dict()
-        diff = [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k)]
+        diff = self.changed_settings(previous, RESUMABLE_CHANGES)
         if diff:
+            mine, theirs = self.to_dict(), previous.to_dict()
             k = diff[0]
             raise MeerkatInputError(
                 f"--resume {where}: --{k.replace('_', '-')} is {mine[k]!r} but the run used {theirs.get(k)!r}; "
