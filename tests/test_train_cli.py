@@ -177,3 +177,16 @@ def test_classification_loss_runs_and_is_recorded(tiny_mask: Path, tiny_partitio
     assert min(lm) > 5.0
     bad = run_cli(*train_args(tiny_mask, tiny_partition, tmp_path / "bad", "--loss", "hinge"), check=False)
     assert bad.returncode == 2 and "--loss hinge" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_train_refuses_a_run_dir_in_use(finished_run: tuple[Path, dict], tiny_mask: Path, tiny_partition: Path) -> None:
+    """`meerkat train --resume` on a run another live process holds: one-line error, exit 2, run untouched."""
+    from meerkat_core.fed.run_lock import LOCK, run_dir_lock
+
+    out = finished_run[0]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with run_dir_lock(out):
+        res = run_cli(*train_args(tiny_mask, tiny_partition, out, "--resume", rounds=4), check=False)
+        assert res.returncode == 2, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and f"in use by process {os.getpid()}" in res.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before and not (out / LOCK).exists()
