@@ -25,10 +25,24 @@ KAT = [
 ]
 
 
+@pytest.mark.parametrize("wrap", [None, True, False])
 @pytest.mark.parametrize("ctr,key,expected", KAT)
-def test_philox_known_answers(ctr, key, expected):
-    out = rng.philox4x32(key[0] | (key[1] << 32), torch.tensor([ctr], dtype=torch.int64))
+def test_philox_known_answers(ctr, key, expected, wrap):
+    out = rng.philox4x32(key[0] | (key[1] << 32), torch.tensor([ctr], dtype=torch.int64), wrap=wrap)
     assert tuple(out[0].tolist()) == expected
+
+
+def test_philox_multiply_paths_agree():
+    """One wrapping int64 multiply (the fast path, used where products wrap) and the 16-bit-halves
+    product give the same words on random counters and keys, high words included."""
+    assert rng._consts(torch.device("cpu"))[3]  # this CPU's int64 products wrap: normal() takes the fast path
+    g = torch.Generator().manual_seed(7)
+    words = torch.randint(0, 1 << 32, (20_000, 4), generator=g, dtype=torch.int64)
+    words[:4] = torch.tensor([[0xFFFFFFFF] * 4, [0] * 4, [0x80000000] * 4, [0x7FFFFFFF] * 4])
+    for key in (0, KEY, (1 << 64) - 1, 0x80000000_80000000):
+        fast = rng.philox4x32(key, words, wrap=True)
+        assert torch.equal(fast, rng.philox4x32(key, words, wrap=False))
+        assert int(fast.min()) >= 0 and int(fast.max()) <= 0xFFFFFFFF
 
 
 def test_determinism_and_dtype():
@@ -140,6 +154,7 @@ def test_cpu_cuda_agree():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_cuda_bitwise():
     """The construction (exact integer ops, correctly rounded float64 ops) promises equal bits."""
+    assert rng._consts(torch.device("cuda"))[3]  # int64 products wrap on CUDA too: the fast path runs there
     words = torch.arange(1000).view(250, 4)
     assert torch.equal(rng.philox4x32(KEY, words.cuda()).cpu(), rng.philox4x32(KEY, words))
     for off, n in ((0, 134_515), (12_345, 1_000_003)):

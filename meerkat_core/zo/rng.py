@@ -10,9 +10,10 @@ Construction
 ------------
 * Uniform bits: Philox4x32-10 (Salmon et al., SC'11; the generator behind cuRAND and torch's CUDA
   RNG). Counter ``c = i // 4`` as words (c lo32, c hi32, 0, 0), key words (key lo32, key hi32); one
-  block gives four 32-bit words. Words are held as unsigned 32-bit values in int64 tensors and every
-  intermediate stays below 2^50 (a 32x32-bit product is formed from the 16-bit halves of the
-  constant), so no signed overflow happens. Checked against the Random123 known-answer vectors.
+  block gives four 32-bit words. Words are held as unsigned 32-bit values in int64 tensors. A 32x32-bit
+  product is one int64 multiply where the device's int64 products wrap mod 2^64 (checked once per
+  device), else it is formed from the 16-bit halves of the constant so that every intermediate stays
+  below 2^50; both give the same words. Checked against the Random123 known-answer vectors.
 * Gaussians: Box-Muller in float64, z[4c:4c+4] = (r0 cos t0, r0 sin t0, r1 cos t1, r1 sin t1),
   r_j = sqrt(-2 ln u(w_2j)), t_j = 2 pi u(w_2j+1), u(w) = (w + 0.5) / 2^32 in the open interval
   (0, 1). ln, sin and cos are evaluated with short series from correctly rounded operations only
@@ -20,8 +21,8 @@ Construction
   CPU vector/scalar code, MKL builds and CUDA). Accuracy vs exact: < 2e-14 relative in r, < 2e-13
   absolute in z. The float64 value is then rounded to the requested dtype.
 
-Cost: about 200 elementwise kernels over count/2 elements (int64 / float64): a few ms for 134.5k
-draws on one CPU core; on a GPU the time is kernel launches (~1 ms) up to ~10^7 draws. On a shared
+Cost: about 150 elementwise kernels over count/2 elements (int64 / float64), about 40 ns per draw
+on one CPU core (Philox ~12 ns, Box-Muller the rest): a few ms for 134.5k draws; on a GPU the time is kernel launches (~1 ms) up to ~10^7 draws. On a shared
 CPU, libgomp's active waiting (the default) makes such kernel sequences 10-100x slower; run with
 ``OMP_WAIT_POLICY=PASSIVE`` or fewer torch threads there.
 """
@@ -91,46 +92,69 @@ def derive_key(run_seed: int, round: int, client: int, step: int) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # Philox4x32-10 on int64 tensors
-_CONSTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+_CONSTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]] = {}
 
 
-def _consts(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """16-bit halves (lo, hi) of the two Philox multipliers as (2, 1) int64 tensors, per device."""
+def _wraps(m: torch.Tensor) -> bool:
+    """Whether int64 multiplication on ``m``'s device wraps mod 2^64 (two's complement), checked on the
+    Philox multipliers times words whose products overflow int64. It does on every CPU and CUDA build
+    seen, but C++ leaves signed overflow undefined, so the fast path is used only where this holds."""
+    words = [0xFFFFFFFF, 0x89ABCDEF, 0x80000001, 1]
+    got = (m * torch.tensor([words, words], dtype=torch.int64, device=m.device)).tolist()
+    want = [[((mult * w + (1 << 63)) & M64) - (1 << 63) for w in words] for mult in (_PHILOX_M0, _PHILOX_M1)]
+    return got == want
+
+
+def _consts(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Per device: the two Philox multipliers as a (2, 1) int64 tensor, their 16-bit halves (lo, hi),
+    and whether int64 products wrap there (then one multiply gives hi and lo of M * x)."""
     c = _CONSTS.get(device)
     if c is None:
         with torch.inference_mode(False), torch.no_grad():
             m = torch.tensor([[_PHILOX_M0], [_PHILOX_M1]], dtype=torch.int64, device=device)
-            c = (m & 0xFFFF, m >> 16)
+            c = (m, m & 0xFFFF, m >> 16, _wraps(m))
         _CONSTS[device] = c
     return c
 
 
-def _philox_rounds(key: int, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _philox_rounds(key: int, a: torch.Tensor, b: torch.Tensor, *, wrap: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Philox4x32-10 rounds in place on int64 tensors of shape (2, n) holding 32-bit words.
 
     ``a`` holds (x0, x2) and ``b`` holds (x3, x1) (b is kept row-swapped, which saves a copy per
     round). Returns the final (a, b) in the same layout; the inputs' storage is reused.
-    Per round: hi, lo of M * x from 16-bit halves of the constant (every intermediate < 2^50), then
-    x0' = hi1 ^ x1 ^ k0, x1' = lo1, x2' = hi0 ^ x3 ^ k1, x3' = lo0.
+    Per round: hi, lo of M * x, then x0' = hi1 ^ x1 ^ k0, x1' = lo1, x2' = hi0 ^ x3 ^ k1, x3' = lo0.
+    M * x (< 2^64) comes from one int64 multiply where products wrap mod 2^64 (``_wraps``; half the
+    kernels), else from the 16-bit halves of M (every intermediate < 2^50). ``wrap`` forces a path
+    (tests); both give the same words.
     """
-    m_lo, m_hi = _consts(a.device)
+    m, m_lo, m_hi, wraps = _consts(a.device)
+    if wrap is None:
+        wrap = wraps
     k0 = key & M32
     k1 = (key >> 32) & M32
     p = torch.empty_like(a)
-    t = torch.empty_like(a)
     s = torch.empty_like(a)
+    t = None if wrap else torch.empty_like(a)
     for _ in range(_ROUNDS):
-        torch.mul(a, m_lo, out=p)  # < 2^48
-        torch.mul(a, m_hi, out=t)  # < 2^48
-        torch.bitwise_right_shift(p, 16, out=s)
-        t.add_(s)  # (M * x) >> 16, < 2^49
-        torch.bitwise_right_shift(t, 16, out=s)  # hi = (hi0, hi1)
-        s.bitwise_xor_(b)  # (hi0 ^ x3, hi1 ^ x1)
-        torch.bitwise_xor(s[1], k0, out=a[0])
-        torch.bitwise_xor(s[0], k1, out=a[1])
-        # lo = ((t & 0xFFFF) << 16) | (p & 0xFFFF) = (lo0, lo1) = (x3', x1'): the new b
-        t.bitwise_and_(0xFFFF).bitwise_left_shift_(16).bitwise_or_(p.bitwise_and_(0xFFFF))
-        b, t = t, b
+        if wrap:
+            torch.mul(a, m, out=p)  # M * x mod 2^64, as int64
+            torch.bitwise_right_shift(p, 32, out=s).bitwise_and_(M32)  # hi = (hi0, hi1)
+            s.bitwise_xor_(b)  # (hi0 ^ x3, hi1 ^ x1)
+            torch.bitwise_xor(s[1], k0, out=a[0])
+            torch.bitwise_xor(s[0], k1, out=a[1])
+            b, p = p.bitwise_and_(M32), b  # lo = (lo0, lo1) = (x3', x1'): the new b
+        else:
+            torch.mul(a, m_lo, out=p)  # < 2^48
+            torch.mul(a, m_hi, out=t)  # < 2^48
+            torch.bitwise_right_shift(p, 16, out=s)
+            t.add_(s)  # (M * x) >> 16, < 2^49
+            torch.bitwise_right_shift(t, 16, out=s)  # hi = (hi0, hi1)
+            s.bitwise_xor_(b)  # (hi0 ^ x3, hi1 ^ x1)
+            torch.bitwise_xor(s[1], k0, out=a[0])
+            torch.bitwise_xor(s[0], k1, out=a[1])
+            # lo = ((t & 0xFFFF) << 16) | (p & 0xFFFF) = (lo0, lo1) = (x3', x1'): the new b
+            t.bitwise_and_(0xFFFF).bitwise_left_shift_(16).bitwise_or_(p.bitwise_and_(0xFFFF))
+            b, t = t, b
         k0 = (k0 + _PHILOX_W0) & M32
         k1 = (k1 + _PHILOX_W1) & M32
     return a, b
@@ -149,16 +173,17 @@ def _philox_counters(key: int, c0: int, c1: int, device: torch.device) -> tuple[
     return _philox_rounds(key, a, b)
 
 
-def philox4x32(key: int, counters: torch.Tensor) -> torch.Tensor:
+def philox4x32(key: int, counters: torch.Tensor, *, wrap: bool | None = None) -> torch.Tensor:
     """Philox4x32-10 words of 128-bit counters given as rows (x0, x1, x2, x3) of 32-bit words.
 
     ``counters``: int64, shape (n, 4), values in [0, 2^32); ``key``: 64-bit (k0 = low word).
-    Returns int64 (n, 4). For known-answer tests; the stream uses :func:`normal`.
+    Returns int64 (n, 4). For known-answer tests; the stream uses :func:`normal`. ``wrap`` forces
+    one of the two multiply paths (see ``_philox_rounds``).
     """
     c = counters.to(torch.int64).reshape(-1, 4)
     a = torch.stack((c[:, 0], c[:, 2])).contiguous()
     b = torch.stack((c[:, 3], c[:, 1])).contiguous()
-    a, b = _philox_rounds(int(key) & M64, a, b)
+    a, b = _philox_rounds(int(key) & M64, a, b, wrap=wrap)
     return torch.stack((a[0], b[1], a[1], b[0]), dim=1)
 
 
