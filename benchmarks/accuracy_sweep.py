@@ -63,6 +63,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4, help="sparse arms")
     p.add_argument("--lr-full-zo", type=float, default=1e-6, help="full-parameter ZO (needs a far smaller lr)")
+    p.add_argument("--z-cache-mb", type=int, default=None,
+                   help="TrainConfig.z_cache_mb of the full-zo arm (default: enough for the model's d, so z is "
+                        "drawn once per step; same bits as without)")
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--loss", default="classification", choices=["lm", "classification"],
                    help="training loss (TrainConfig.loss); classification is the one that moves SmolLM2's accuracy")
@@ -115,8 +118,11 @@ def partition_for(args: argparse.Namespace, out: Path, task: str, scheme: str, s
                                     *extra[scheme])
 
 
+# full-zo's default z cache: 1 GiB holds z for up to 268M weights (smollm2-135m: d = 134.5M, 513 MiB)
+_FULL_ZO_CACHE_MB = 1024
+
 # TrainConfig fields that do not change a finished run's result; every other one must match to read it back
-_READ_BACK_IGNORES = ("out", "resume", "device", "eval_every", "checkpoint_every")
+_READ_BACK_IGNORES = ("out", "resume", "device", "eval_every", "checkpoint_every", "z_cache_mb")
 
 
 def _check_same_settings(run: Path, cfg: Any) -> None:
@@ -146,6 +152,8 @@ def run_one(args: argparse.Namespace, out: Path, task: str, group: str, part_nam
                       local_steps=steps, clients_per_round=args.clients_per_round, lr=lr, eps=args.eps,
                       batch_size=args.batch_size, loss=args.loss, seed=seed, device=args.device,
                       eval_limit=args.eval_limit)
+    if arm == "full-zo":
+        cfg.z_cache_mb = args.z_cache_mb if args.z_cache_mb is not None else _FULL_ZO_CACHE_MB
     t0 = time.perf_counter()
     summary_path = run / "summary.json"
     resumed = "read back"

@@ -78,6 +78,7 @@ def train_command(
     vp_rho_later: float = typer.Option(2.0, "--vp-rho-later", help="Meerkat-vp: flag needs rho_later above this."),
     vp_rho_quie: float = typer.Option(0.5, "--vp-rho-quie", help="Meerkat-vp: flag needs rho_quie above this."),
     vp_control: str = typer.Option("none", "--vp-control", help="Meerkat-vp: none, or random (stop as many random clients as were flagged)."),
+    z_cache_mb: int = typer.Option(128, "--z-cache-mb", help="Memory (MiB) for a step's z: when k x 4 B fits, z is drawn once per step instead of three times (--mask all on a large model: about d x 4 B / 2^20). Results are the same bits."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last complete round."),
     engine: str = typer.Option("inprocess", "--engine", help="inprocess, or flower: a local Flower deployment (pip install 'meerkat[flower]'; docs/DEPLOY_FLOWER.md)."),
@@ -96,7 +97,7 @@ def train_command(
             vp_calibration_steps=vp_calibration_steps, vp_stopped_steps=vp_stopped_steps,
             vp_classifier=vp_classifier, vp_initial_frac=vp_initial_frac, vp_later_frac=vp_later_frac,
             vp_quiet_factor=vp_quiet_factor, vp_rho_later=vp_rho_later, vp_rho_quie=vp_rho_quie, vp_control=vp_control,
-            trust_remote_code=trust_remote_code, resume=resume,
+            z_cache_mb=z_cache_mb, trust_remote_code=trust_remote_code, resume=resume,
         ).validate()
         with make_progress(transient=True) as progress:
             bar = progress.add_task("training", total=rounds)

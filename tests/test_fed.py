@@ -90,6 +90,35 @@ def test_full_parameter_mode(tiny_partition: Path, tmp_path: Path) -> None:
         assert torch.equal(o.end_state, real[o.client])
 
 
+def test_full_parameter_z_cache_draws_once_same_bits(tiny_partition: Path, tmp_path: Path, monkeypatch) -> None:
+    """--z-cache-mb: with z held for the step the client draws d normals per step instead of 3 d,
+    and the run is the same bits (gs, server state) as with z redrawn in pieces."""
+    from meerkat_core.zo import coordinates
+
+    drawn = [0]
+    real_normal = coordinates.rng.normal
+
+    def counting(key, count, *a, **kw):
+        drawn[0] += count
+        return real_normal(key, count, *a, **kw)
+
+    monkeypatch.setattr(coordinates.rng, "normal", counting)
+    runs = {}
+    for mb in (0, 16):  # 0: nothing cached; 16 MiB holds tiny-llama's d = 3,219,776 fp32 values
+        fed = build_federation(_cfg(Path("all"), tiny_partition, tmp_path / f"z{mb}", local_steps=2,
+                                    clients_per_round=2, z_cache_mb=mb))
+        coords = fed.runtime.coords
+        assert coords.z_cache_limit == mb * 262_144
+        drawn[0] = 0
+        outcome, _, _ = run_round(fed, 1)
+        steps = sum(len(o.gs) for o in outcome.clients)
+        # per client step: the client draws z once (cached) or three times, the server's replay once
+        assert steps == 4 and drawn[0] == ((1 if mb else 3) + 1) * coords.d * steps
+        runs[mb] = ([o.gs for o in outcome.clients], fed.server.x.clone())
+    assert runs[0][0] == runs[16][0]
+    assert torch.equal(runs[0][1], runs[16][1])
+
+
 def test_safetensors_bytes_are_reproducible_and_standard() -> None:
     from safetensors.torch import load
 

@@ -9,7 +9,9 @@ from meerkat_core.errors import MeerkatInputError
 from meerkat_core.fed.schedule import SCHEDULES
 
 # Fields that may differ when a run is resumed (everything else must match the original run).
-RESUMABLE_CHANGES = {"out", "rounds", "resume", "device", "eval_every", "eval_limit", "checkpoint_every"}
+RESUMABLE_CHANGES = {
+    "out", "rounds", "resume", "device", "eval_every", "eval_limit", "checkpoint_every", "z_cache_mb",
+}
 
 
 @dataclass
@@ -46,6 +48,9 @@ class TrainConfig:
     vp_rho_later: float = 2.0
     vp_rho_quie: float = 0.5
     vp_control: str = "none"  # or "random": stop as many random clients as were flagged (ablation)
+    # Memory for the client's z of the current step (MiB of fp32). When k fits, z is drawn once per step;
+    # otherwise three times, in pieces (perturb +, perturb -, update). Same bits either way.
+    z_cache_mb: int = 128
     trust_remote_code: bool = False
     resume: bool = False
 
@@ -62,6 +67,7 @@ class TrainConfig:
             (self.sync in ("auto", "replay", "vector"), f"--sync {self.sync}: expected auto, replay or vector"),
             (self.eval_every >= 0, f"--eval-every {self.eval_every}: must be >= 0"),
             (self.checkpoint_every >= 0, f"--checkpoint-every {self.checkpoint_every}: must be >= 0"),
+            (self.z_cache_mb >= 0, f"--z-cache-mb {self.z_cache_mb}: must be >= 0"),
             (self.algorithm in ("meerkat", "meerkat-vp"), f"--algorithm {self.algorithm}: expected meerkat or meerkat-vp"),
             (self.vp_calibration_steps >= 2, f"--vp-calibration-steps {self.vp_calibration_steps}: must be at least 2"),
             (self.vp_stopped_steps >= 1, f"--vp-stopped-steps {self.vp_stopped_steps}: must be at least 1"),
@@ -82,6 +88,11 @@ class TrainConfig:
 
         make_classifier(self.vp_classifier)  # an unknown name is an input error
         return self
+
+    @property
+    def z_cache_limit(self) -> int:
+        """The largest k (fp32 elements) whose z the client keeps for the whole step."""
+        return self.z_cache_mb * (1 << 20) // 4
 
     @property
     def sync_mode(self) -> str:

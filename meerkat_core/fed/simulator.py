@@ -76,7 +76,7 @@ def build_federation(cfg: TrainConfig) -> Federation:
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     mask = load_mask(cfg.mask, loaded.model) if cfg.mask != "all" else None
     indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
-    coords = SparseCoordinates(loaded.model, indices)
+    coords = SparseCoordinates(loaded.model, indices, z_cache_limit=cfg.z_cache_limit)
     x0 = coords.values()
     gbar = None
     if mask is not None:
