@@ -107,7 +107,7 @@ def _make_mask(model_spec: str, corpus: str, text_field: str, density: float, sa
 def mask_command(
     ctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", help="Built-in name (smollm2-135m, tiny-llama), model directory, .gguf or hub id."),
-    corpus: str = typer.Option("builtin", "--corpus", help="Calibration text: builtin, FILE.txt, a directory of .txt files, FILE.jsonl, or a hub dataset hf:ID, hf:ID:CONFIG, hf:ID:CONFIG@SPLIT."),
+    corpus: str = typer.Option("builtin", "--corpus", help="Calibration text: builtin, FILE.txt, a directory of .txt files, FILE.jsonl, or a hub dataset hf:ID, optionally with :CONFIG and @SPLIT (e.g. hf:allenai/c4:en@validation)."),
     text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl / hub rows."),
     density: float = typer.Option(DEFAULT_DENSITY, "--density", help="Fraction of eligible weights to keep, in (0, 1]."),
     samples: int = typer.Option(DEFAULT_SAMPLES, "--samples", min=1, help="Calibration blocks."),
