@@ -53,7 +53,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--extreme", type=int, default=3, help="single-label clients of the mixed partition")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument("--arms", nargs="*", choices=ARMS, default=list(ARMS), help="empty: no grid (the sweep only)")
     p.add_argument("--partitions", nargs="+", choices=PARTITIONS, default=list(PARTITIONS))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--local-steps", type=int, default=10)
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for seed in args.seeds:
         masks = masks_for(args, out, seed, sens) if set(args.arms) - {"meerkat", "full-zo"} else \
             {"meerkat": sens, "full-zo": "all"}
-        for scheme in args.partitions:
+        for scheme in args.partitions if args.arms else []:
             part = partition_for(args, out, task, scheme, seed)
             for arm in args.arms:
                 rows.append(run_one(args, out, task, "grid", scheme, part, arm, masks[arm], seed,

@@ -190,6 +190,13 @@ def test_accuracy_sweep_quick(tmp_path: Path, tiny_mask: Path) -> None:
     # resumable: a second call reads every finished run back
     again = mod.main(argv)
     assert all(r["status"] == "read back" for r in again["runs"])
+    # a bare --arms runs the sweep only
+    only = mod.main(argv + ["--arms"])
+    assert [(r["group"], r["local_steps"], r["status"]) for r in only["runs"]] == [("sweep", 1, "read back"),
+                                                                                  ("sweep", 2, "read back")]
+    # the full-zo arm holds z for the whole step (z_cache_mb); the sparse arms keep the default
+    full_cfg = json.loads((Path(next(r["run"] for r in grid if r["arm"] == "full-zo")) / "config.json").read_text())
+    assert full_cfg["train"]["z_cache_mb"] == 1024 and full_cfg["train"]["mask"] == "all"
     # a finished run is not read back for other settings (the run directory's name does not hold lr or eps)
     with pytest.raises(SystemExit, match=r"made with other settings: eps=0\.001 \(now 0\.002\)"):
         mod.main(argv + ["--eps", "0.002"])
