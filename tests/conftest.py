@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# OMP_NUM_THREADS (when set) wins: jobs sharing a 2-core machine run one thread each.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 
 
 def run_cli(
