@@ -63,10 +63,12 @@ app.command("tasks")(tasks_command)
 
 from meerkat_cli.train_cmd import export_command, train_command  # noqa: E402
 from meerkat_cli.gradip_cmd import gradip_app  # noqa: E402
+from meerkat_cli.site_cmd import site_app  # noqa: E402
 
 app.command("train")(train_command)
 app.command("export")(export_command)
 app.add_typer(gradip_app, name="gradip")
+app.add_typer(site_app, name="site")
 
 
 def main() -> None:

@@ -10,6 +10,9 @@ import typer
 from rich.table import Table
 
 from meerkat_cli.common import JsonOption, cli_errors, emit_json, err, make_progress, out
+from meerkat_core.flower import INSTALL_LINE
+
+FLOWER_INSTALL = INSTALL_LINE.replace("[", "\\[")  # rich markup in --help would swallow "[flower]"
 
 
 def _fmt_bytes(n: float) -> str:
@@ -81,7 +84,9 @@ def train_command(
     z_cache_mb: int = typer.Option(128, "--z-cache-mb", help="Memory (MiB) for a step's z: when k x 4 B fits, z is drawn once per step instead of three times (--mask all on a large model: about d x 4 B / 2^20). Results are the same bits."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last complete round."),
-    engine: str = typer.Option("inprocess", "--engine", help="inprocess, or flower: a local Flower deployment (pip install 'meerkat[flower]'; docs/DEPLOY_FLOWER.md)."),
+    engine: str = typer.Option("inprocess", "--engine", help="inprocess; flower: a Flower deployment (local on loopback, or --superlink); flower-sim: Flower's simulation engine. The Flower engines need the extra: " + FLOWER_INSTALL + " (docs/DEPLOY_FLOWER.md)."),
+    superlink: Optional[str] = typer.Option(None, "--superlink", help="--engine flower: submit to the SuperLink at HOST:PORT (on this machine) instead of starting a local deployment."),
+    superlink_ca: Optional[Path] = typer.Option(None, "--superlink-ca", help="--superlink: the CA certificate of its TLS (without it the connection is insecure)."),
     json_out: bool = JsonOption,
 ) -> None:
     """Federated sparse zeroth-order fine-tuning (Meerkat): clients send scalars, the server replays them."""
@@ -113,7 +118,8 @@ def train_command(
                     parts.append(f"↑{_fmt_bytes(row['bytes_up'])} ↓{_fmt_bytes(row['bytes_down'])}")
                 progress.update(bar, completed=r, description=" | ".join(parts))
 
-            summary = run_engine(engine, cfg, on_round=on_round, on_event=lambda m: err.print(f"[dim]{m}[/]"))
+            summary = run_engine(engine, cfg, on_round=on_round, on_event=lambda m: err.print(m, style="dim", markup=False),
+                                 superlink=superlink, superlink_ca=None if superlink_ca is None else str(superlink_ca))
     if json_out:
         emit_json(summary)
     else:

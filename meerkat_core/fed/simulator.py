@@ -59,7 +59,18 @@ def make_policy(cfg: TrainConfig, client_sizes: dict[int, int]) -> Any:
 
 
 def build_federation(cfg: TrainConfig) -> Federation:
-    from meerkat_core.encoding import encode_split
+    """The whole federation in this process: the server and every client (the in-process engine)."""
+    return _build(cfg, with_clients=True)
+
+
+def build_server_federation(cfg: TrainConfig) -> Federation:
+    """The server's side only (the Flower engines): no client is built and no training text encoded;
+    the clients' sizes are the partition manifest's row counts (what ``ZOClient.num_examples`` is)."""
+    return _build(cfg, with_clients=False)
+
+
+def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
+    from meerkat_core.encoding import encode_label_words, encode_split
     from meerkat_core.mask import load_mask
     from meerkat_core.models import load_model
     from meerkat_core.partition import load_partition, verify_partition
@@ -81,19 +92,21 @@ def build_federation(cfg: TrainConfig) -> Federation:
     gbar = None
     if mask is not None:
         gbar = coords.concat({t.name: t.grad_mean for t in mask.nonempty()})
-    train_enc = encode_split(loaded.tokenizer, task, data.train, max_length=cfg.max_length)
-    if cfg.loss == "classification" and not train_enc.label_words.single_token:
+    if cfg.loss == "classification" and not encode_label_words(loaded.tokenizer, task).single_token:
         raise MeerkatInputError(
             f"--loss classification: task '{task.name}' has multi-token label words; use --loss lm"
         )
-    clients = {}
+    train_enc = encode_split(loaded.tokenizer, task, data.train, max_length=cfg.max_length) if with_clients else None
+    clients: dict[int, ZOClient] = {}
+    sizes: dict[int, int] = {}
     for c in range(manifest.num_clients):
         idx = manifest.client_indices(c)
         if idx:
-            clients[c] = ZOClient(c, train_enc.subset(idx), x0)
+            sizes[c] = len(idx)
+            if train_enc is not None:
+                clients[c] = ZOClient(c, train_enc.subset(idx), x0)
     test = data.test if cfg.eval_limit is None else data.test.select(range(min(cfg.eval_limit, len(data.test))))
     test_set = encode_split(loaded.tokenizer, task, test, max_length=cfg.max_length)
-    sizes = {c: cl.num_examples for c, cl in clients.items()}
     server = ZOServer(
         ServerConfig(
             seed=cfg.seed, rounds=cfg.rounds, local_steps=cfg.local_steps, clients_per_round=cfg.clients_per_round,
@@ -113,7 +126,7 @@ def build_federation(cfg: TrainConfig) -> Federation:
         "d": coords.d,
         "partition_fingerprint": manifest.partition_fingerprint,
         "dataset_fingerprint": manifest.dataset_fingerprint,
-        "num_clients": len(clients),
+        "num_clients": len(sizes),
         "torch": torch.__version__,
     }
     return Federation(cfg, loaded, task, mask, manifest, clients, runtime, server, test_set, provenance)

@@ -1,11 +1,21 @@
-"""``meerkat train --engine flower``: a local Flower deployment, started and stopped by the command.
+"""``meerkat train --engine flower`` / ``flower-sim``: the Flower processes, started and stopped by the command.
 
-One SuperLink and one SuperNode per client (each with its ``partition-id``) on loopback, on free ports;
-the app (``meerkat_core.flower.server_app`` / ``client_app``) is submitted with ``flwr run`` and writes
-the run directory exactly as the in-process engine does. Everything Flower needs (FLWR_HOME, the app's
-``pyproject.toml``, the job file, logs) lives in a work directory: a temporary one, removed after a
-successful run and kept (and named in the error) after a failed one. Telemetry is off unless the caller
-sets ``FLWR_TELEMETRY_ENABLED`` itself; Flower's update check is off.
+Three ways to run the same Flower App (``app_config.render_app_pyproject``) with ``flwr run``:
+
+- ``deployment`` (``--engine flower``): a SuperLink and, per client with data, a ``meerkat site serve``
+  process (holding the model and shard between rounds) and a SuperNode whose node config names that
+  site's socket; every address is 127.0.0.1 on a free port.
+- ``simulation`` (``--engine flower-sim``): a SuperLink in simulation mode; Flower's simulation engine runs
+  one virtual SuperNode per client of the partition on Ray workers (pinned to loopback), which keep their
+  clients between rounds (``client_app``).
+- ``superlink`` (``--engine flower --superlink ADDR``): nothing is started; the app is submitted to the
+  SuperLink at ADDR, whose SuperNodes are the sites (docs/DEPLOY_FLOWER.md).
+
+The whole configuration travels as the run config (``flwr run --run-config FILE``), plus ``flower.result``:
+where the ServerApp writes the summary. Flower's working files (its ``FLWR_HOME``, the app, the run
+config, one log per process) live in a work directory: a temporary one, removed after a successful run and
+kept (and named in the error) after a failed one. Telemetry is off unless the caller sets
+``FLWR_TELEMETRY_ENABLED`` itself; Flower's update check is off.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -26,50 +36,29 @@ from meerkat_core.atomic import write_json_atomic, write_text_atomic
 from meerkat_core.errors import MeerkatError, MeerkatInputError
 from meerkat_core.fed.config import TrainConfig
 from meerkat_core.fed.rundir import METRICS, RunDir
-from meerkat_core.flower.job import RUN_CONFIG_KEY, FlowerJob, read_result
-from meerkat_core.flower.rounds import RoundTimeouts
-from meerkat_core.flower.site import SiteConfig, toml_str
+from meerkat_core.flower import INSTALL_LINE
+from meerkat_core.flower.app_config import FlowerSettings, run_config_for, write_app_dir
+from meerkat_core.flower.result import read_result
+from meerkat_core.flower.run_config import toml_lines
+from meerkat_core.flower.site import SITE_SOCKET, SiteConfig, toml_str
 
 CONNECTION = "meerkat-local"
-APP_PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "meerkat-flower"
-version = "1.0.0"
-description = "meerkat: federated sparse zeroth-order fine-tuning on Flower"
-license = "Apache-2.0"
-dependencies = ["meerkat[flower]"]
-
-[tool.flwr.app]
-publisher = "meerkat"
-
-[tool.flwr.app.components]
-serverapp = "meerkat_core.flower.server_app:app"
-clientapp = "meerkat_core.flower.client_app:app"
-
-[tool.flwr.app.config]
-{key} = ""
-""".format(key=RUN_CONFIG_KEY)
+MODES = ("deployment", "simulation", "superlink")
 
 
 @dataclass
 class FlowerOptions:
+    mode: str = "deployment"  # one of MODES
+    superlink: str | None = None  # mode "superlink": the SuperLink's address (host:port)
+    root_certificates: str | None = None  # mode "superlink": the CA of its TLS certificate (None: insecure)
     work_dir: str | None = None  # default: a temporary directory
     keep_work_dir: bool = False
     host: str = "127.0.0.1"
-    startup_timeout: float = 180.0  # for the SuperLink to listen
+    startup_timeout: float = 180.0  # for the SuperLink and the site servers to listen
     finish_grace: float = 30.0  # after the run's log stream ends, for the result file
-    timeouts: RoundTimeouts = field(default_factory=RoundTimeouts)
-
-
-def write_app_dir(path: Path) -> Path:
-    """The Flower App directory (only a pyproject.toml: the code is the installed meerkat package)."""
-    path.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path / "pyproject.toml", APP_PYPROJECT)
-    return path
+    sim_workers: int = 1  # simulation: Ray workers (each holds one copy of the base model)
+    poll_interval: float = 0.2  # SuperExec task polling (FLWR_SUPEREXEC_TASK_POLL_INTERVAL; Flower: 1 s)
+    settings: FlowerSettings = FlowerSettings()
 
 
 def free_ports(host: str, n: int) -> list[int]:
@@ -89,25 +78,46 @@ def _executable(name: str) -> str:
     here = Path(sys.executable).parent / name
     found = str(here) if here.exists() else shutil.which(name)
     if not found:
-        raise MeerkatInputError(f"--engine flower: `{name}` not found; pip install 'meerkat[flower]'")
+        raise MeerkatInputError(f"--engine flower: `{name}` not found; install the flower extra: {INSTALL_LINE}")
     return found
 
 
-def _wait_listening(host: str, port: int, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
+def _wait(ready: Callable[[], bool], proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise MeerkatError(f"{what} exited with code {proc.returncode} (log: {log})")
+        if ready():
+            return
+        time.sleep(0.2)
+    raise MeerkatError(f"{what} did not start within {timeout:.0f} s (log: {log})")
+
+
+def _tcp_ready(host: str, port: int) -> Callable[[], bool]:
+    def ready() -> bool:
         try:
             with socket.create_connection((host, port), timeout=1):
-                return
+                return True
         except OSError:
-            time.sleep(0.3)
-    raise MeerkatError(f"{what} did not listen on {host}:{port} within {timeout:.0f} s (log: {log})")
+            return False
+
+    return ready
+
+
+def _unix_ready(path: Path) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(path))
+                return True
+        except OSError:
+            return False
+
+    return ready
 
 
 def local_sites(cfg: TrainConfig) -> list[SiteConfig]:
-    """One site per client with data; paths made absolute (the SuperNodes run elsewhere in the tree)."""
+    """One site per client with data; paths made absolute (the site servers run elsewhere in the tree)."""
     from meerkat_core.partition import load_partition
 
     manifest = load_partition(cfg.partition)
@@ -120,12 +130,12 @@ def local_sites(cfg: TrainConfig) -> list[SiteConfig]:
             for c in range(manifest.num_clients) if manifest.client_indices(c)]
 
 
-class LocalDeployment:
-    """SuperLink + SuperNodes as child processes (each in its own process group), stopped on exit."""
+class LocalFlower:
+    """The processes of one ``run_flower_training`` (each in its own process group), stopped on exit."""
 
-    def __init__(self, work: Path, sites: list[SiteConfig], options: FlowerOptions) -> None:
+    def __init__(self, work: Path, cfg: TrainConfig, options: FlowerOptions) -> None:
         self.work = work
-        self.sites = sites
+        self.cfg = cfg
         self.options = options
         self.logs = work / "logs"
         self.home = work / "flwr-home"
@@ -134,9 +144,12 @@ class LocalDeployment:
         env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
         env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
         env["FLWR_HOME"] = str(self.home)
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(options.poll_interval)
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray: single node, loopback addresses only
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         self.env = env
-        self.port = 0
+        self.address = options.superlink or ""
+        self.pids: dict[str, Any] = {}
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
@@ -148,34 +161,69 @@ class LocalDeployment:
         self.procs[name] = proc
         return proc
 
-    def start(self) -> None:
-        host = self.options.host
-        self.logs.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(host, 1 + len(self.sites))
-        self.port = ports[0]
-        write_text_atomic(self.home / "config.toml",
-                          f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-                          f'address = "{host}:{self.port}"\ninsecure = true\n')
-        link = self._spawn("superlink", [
-            _executable("flower-superlink"), "--insecure", "--host", host, "--port", str(self.port),
-            "--disable-runtime-dependency-installation"])
-        _wait_listening(host, self.port, link, self.options.startup_timeout, "flower-superlink",
-                        self.logs / "superlink.log")
-        for site, port in zip(self.sites, ports[1:]):
-            self._spawn(f"supernode-{site.partition_id}", [
-                _executable("flower-supernode"), "--insecure", "--superlink", f"{host}:{self.port}",
-                "--host", host, "--port", str(port), "--node-config", site.node_config_string()])
-        write_json_atomic(self.work / "deployment.json", {
-            "superlink": {"pid": link.pid, "port": self.port},
-            "supernodes": {str(s.partition_id): self.procs[f"supernode-{s.partition_id}"].pid for s in self.sites},
-        })
+    def _write_connection(self) -> None:
+        lines = [f'[superlink]\ndefault = "{CONNECTION}"\n', f"[superlink.{CONNECTION}]", f"address = {toml_str(self.address)}"]
+        if self.options.root_certificates:
+            lines.append(f"root-certificates = {toml_str(str(Path(self.options.root_certificates).resolve()))}")
+        else:
+            lines.append("insecure = true")
+        write_text_atomic(self.home / "config.toml", "\n".join(lines) + "\n")
 
-    def submit(self, app: Path, job_path: Path) -> subprocess.Popen:
-        """``flwr run APP meerkat-local --stream``: returns when the run's log stream ends."""
+    def _superlink(self, port: int, simulation: bool) -> None:
+        host = self.options.host
+        argv = [_executable("flower-superlink"), "--insecure", "--host", host, "--port", str(port),
+                "--disable-runtime-dependency-installation"]
+        link = self._spawn("superlink", argv + (["--simulation"] if simulation else []))
+        self.address = f"{host}:{port}"
+        self.pids["superlink"] = {"pid": link.pid, "port": port}
+        _wait(_tcp_ready(host, port), link, self.options.startup_timeout, "flower-superlink",
+              self.logs / "superlink.log")
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        mode = self.options.mode
+        if mode == "simulation":
+            self._superlink(free_ports(self.options.host, 1)[0], simulation=True)
+        elif mode == "deployment":
+            self._start_deployment()
+        self._write_connection()
+        write_json_atomic(self.work / "deployment.json", self.pids)
+
+    def _start_deployment(self) -> None:
+        host = self.options.host
+        sites = local_sites(self.cfg)
+        ports = free_ports(host, 1 + len(sites))
+        sockets = Path(tempfile.mkdtemp(prefix="meerkat-sites-"))  # short: Unix socket paths are limited
+        self.sockets = sockets
+        meerkat = _executable("meerkat")
+        servers = {}
+        for site in sites:
+            sock = sockets / f"site-{site.partition_id}.sock"
+            argv = [meerkat, "site", "serve", "--socket", str(sock), "--partition-id", str(site.partition_id),
+                    "--partition-dir", site.partition_dir, "--mask", site.mask, "--device", site.device]
+            if site.model:
+                argv += ["--model", site.model]
+            servers[site.partition_id] = (sock, self._spawn(f"site-{site.partition_id}", argv))
+        self._superlink(ports[0], simulation=False)
+        for c, (sock, proc) in servers.items():
+            _wait(_unix_ready(sock), proc, self.options.startup_timeout, f"meerkat site serve (client {c})",
+                  self.logs / f"site-{c}.log")
+        for site, port in zip(sites, ports[1:]):
+            sock = servers[site.partition_id][0]
+            self._spawn(f"supernode-{site.partition_id}", [
+                _executable("flower-supernode"), "--insecure", "--superlink", self.address,
+                "--host", host, "--port", str(port), "--node-config", f"{SITE_SOCKET}={toml_str(str(sock))}"])
+        self.pids["supernodes"] = {str(s.partition_id): self.procs[f"supernode-{s.partition_id}"].pid for s in sites}
+        self.pids["sites"] = {str(c): p.pid for c, (_, p) in servers.items()}
+
+    def submit(self, app: Path, run_config: dict[str, Any], num_supernodes: int) -> subprocess.Popen:
+        """``flwr run APP meerkat-local --run-config FILE --stream``: returns when the run's log stream ends."""
         override = self.work / "run-config.toml"
-        write_text_atomic(override, f"{RUN_CONFIG_KEY} = {toml_str(str(job_path))}\n")
-        return self._spawn("flwr-run", [_executable("flwr"), "run", str(app), CONNECTION,
-                                        "--run-config", str(override), "--stream"])
+        write_text_atomic(override, "\n".join(toml_lines(run_config)) + "\n")
+        argv = [_executable("flwr"), "run", str(app), CONNECTION, "--run-config", str(override), "--stream"]
+        if self.options.mode == "simulation":
+            argv += ["--federation-config", simulation_config(num_supernodes, self.options.sim_workers, self.cfg.device)]
+        return self._spawn("flwr-run", argv)
 
     def check_alive(self) -> None:
         link = self.procs.get("superlink")
@@ -183,11 +231,27 @@ class LocalDeployment:
             raise MeerkatError(f"flower-superlink exited with code {link.returncode} (log: {self.logs / 'superlink.log'})")
 
     def stop(self) -> None:
-        order = [n for n in self.procs if n.startswith("supernode-")] + [n for n in self.procs if n == "flwr-run"]
-        order += [n for n in self.procs if n == "superlink"]
+        names = list(self.procs)
+        order = [n for n in names if n.startswith("supernode-")] + [n for n in names if n == "flwr-run"]
+        order += [n for n in names if n == "superlink"] + [n for n in names if n.startswith("site-")]
         for name in order:
             _stop_group(self.procs[name])
         self.procs.clear()
+        if getattr(self, "sockets", None):
+            shutil.rmtree(self.sockets, ignore_errors=True)
+
+
+def simulation_config(num_supernodes: int, workers: int, device: str) -> str:
+    """``flwr run --federation-config``: N virtual SuperNodes on ``workers`` Ray workers (one CPU each)."""
+    parts = [f"num-supernodes={num_supernodes}", f"init-args-num-cpus={workers}", "client-resources-num-cpus=1",
+             "init-args-log-to-driver=true"]
+    if device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            parts += [f"init-args-num-gpus={torch.cuda.device_count()}",
+                      f"client-resources-num-gpus={min(1.0, torch.cuda.device_count() / workers)}"]
+    return " ".join(parts)
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -237,36 +301,44 @@ def run_flower_training(
     on_event: Callable[[str], None] | None = None,
     options: FlowerOptions | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) ``cfg`` on a local Flower deployment; returns the summary (as summary.json, plus
-    the engine's wire totals ``flower_bytes_up`` / ``flower_bytes_down`` of this invocation)."""
+    """Run (or resume) ``cfg`` on Flower (``options.mode``); returns the summary (as summary.json, plus the
+    engine's wire totals ``flower_bytes_up`` / ``flower_bytes_down`` of this invocation)."""
+    from dataclasses import replace
+
     from meerkat_core.fed.training import check_run_dir
     from meerkat_core.flower import require_flwr
+    from meerkat_core.partition import load_partition
 
     require_flwr()
     options = options or FlowerOptions()
+    if options.mode not in MODES:
+        raise MeerkatInputError(f"Flower mode {options.mode}: expected one of {', '.join(MODES)}")
+    if options.mode == "superlink" and not options.superlink:
+        raise MeerkatInputError("--superlink: give the SuperLink's address (host:port)")
     cfg.validate()
     check_run_dir(cfg)  # bad --out / --resume fail here, before anything starts
-    sites = local_sites(cfg)
+    num_supernodes = load_partition(cfg.partition).num_clients
     say = on_event or (lambda msg: None)
     work = Path(options.work_dir) if options.work_dir else Path(tempfile.mkdtemp(prefix="meerkat-flower-"))
     work.mkdir(parents=True, exist_ok=True)
-    job_path = work / "job.json"
-    result_path = work / "result.json"
+    result_path = (work / "result.json").resolve()
     result_path.unlink(missing_ok=True)
-    FlowerJob(train=cfg.to_dict(), result=str(result_path.resolve()), timeouts=options.timeouts).write(job_path)
+    settings = replace(options.settings, result=str(result_path))
     app = write_app_dir(work / "app")
-    deployment = LocalDeployment(work, sites, options)
+    flower = LocalFlower(work, cfg, options)
     run = RunDir(Path(cfg.out))
     seen = max((int(m.get("round", 0)) for m in run.read_metrics()), default=-1) if cfg.resume else -1
     rows: list[dict[str, Any]] = []
     ok = False
     try:
-        say(f"starting a Flower SuperLink and {len(sites)} SuperNodes on {options.host} (work dir {work})")
-        deployment.start()
-        stream = deployment.submit(app, job_path.resolve())
+        say({"deployment": f"starting a Flower SuperLink, site servers and SuperNodes on {options.host}",
+             "simulation": f"starting a Flower SuperLink in simulation mode on {options.host}",
+             "superlink": f"submitting to the SuperLink at {options.superlink}"}[options.mode] + f" (work dir {work})")
+        flower.start()
+        stream = flower.submit(app, run_config_for(cfg, settings), num_supernodes)
         ended_at: float | None = None
         while not result_path.exists():
-            deployment.check_alive()
+            flower.check_alive()
             for row in _new_rows(run, seen):
                 seen = int(row["round"])
                 rows.append(row)
@@ -276,7 +348,11 @@ def run_flower_training(
                 ended_at = ended_at or time.monotonic()
                 if time.monotonic() - ended_at > options.finish_grace:
                     break
-            time.sleep(0.5)
+            time.sleep(0.2)
+        if not result_path.exists() and options.mode == "superlink":
+            raise MeerkatError(
+                f"the run ended without a result at {result_path}: --superlink expects the SuperLink (and its "
+                "ServerApp) on this machine; for a remote one submit with `flwr run flower_app ...` (docs/DEPLOY_FLOWER.md)")
         summary = read_result(result_path)
         for row in _new_rows(run, seen):
             rows.append(row)
@@ -284,13 +360,13 @@ def run_flower_training(
                 on_round(row)
         ok = True
     except MeerkatError as exc:
-        raise type(exc)(f"{' '.join(str(exc).split())} (Flower logs: {deployment.logs})") from None
+        raise type(exc)(f"{' '.join(str(exc).split())} (Flower logs: {flower.logs})") from None
     finally:
-        deployment.stop()
+        flower.stop()
         if ok and not options.work_dir and not options.keep_work_dir:
             shutil.rmtree(work, ignore_errors=True)
     summary = dict(summary)
-    summary["engine"] = "flower"
+    summary["engine"] = "flower-sim" if options.mode == "simulation" else "flower"
     summary["flower_bytes_up"] = sum(int(r.get("flower_bytes_up", 0)) for r in rows)
     summary["flower_bytes_down"] = sum(int(r.get("flower_bytes_down", 0)) for r in rows)
     return summary

@@ -13,7 +13,6 @@ its tree: the Message with its metadata, the RecordDict, each record); HTTP fram
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from meerkat_core.errors import MeerkatError
 from meerkat_core.fed.protocol import ClientReply, HistoryEntry, RoundInstruction
+from meerkat_core.flower.site import ClientSetup
 
 INSTRUCTION = "meerkat.instruction"
 VECTOR = "meerkat.vector"
@@ -31,27 +31,12 @@ _HEADER = ("round", "client", "steps", "seed", "lr", "eps", "data_offset", "sync
            "state_round", "state_crc")
 
 
-@dataclass
-class ClientSetup:
-    """What the server tells every site at the handshake; the site checks its files against it."""
+def setup_to_record(setup: ClientSetup) -> ConfigRecord:
+    return ConfigRecord(setup.to_dict())
 
-    model: str
-    task: str
-    mask_sha256: str  # "all" for full-parameter ZO
-    k: int
-    max_length: int
-    batch_size: int
-    dtype: str
-    loss: str
-    trust_remote_code: bool
 
-    def to_record(self) -> ConfigRecord:
-        return ConfigRecord(asdict(self))
-
-    @classmethod
-    def from_record(cls, rec: Any) -> "ClientSetup":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in dict(rec).items() if k in names})
+def setup_from_record(rec: Any) -> ClientSetup:
+    return ClientSetup.from_dict(dict(rec))
 
 
 def instruction_to_content(instr: RoundInstruction) -> RecordDict:

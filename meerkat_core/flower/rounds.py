@@ -4,14 +4,17 @@ Before the first round it waits for every client's SuperNode and shakes hands wi
 message carrying the ClientSetup; the reply names the site's client id), building the map
 client id -> node id. Each round it refreshes that map (a node that left is dropped, a node that joined
 is greeted), then sends the Strategy's train messages and aggregates the replies.
+
+Messages go out with ``Grid.push_messages`` and replies come back with ``Grid.pull_messages`` every
+``FlowerSettings.poll`` seconds (``Grid.send_and_receive`` sleeps a fixed 3 s between pulls on a
+deployment, which would cost up to 3 s per round for nothing).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -19,17 +22,12 @@ from flwr.serverapp import Grid
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.fed.server import RoundOutcome
 from meerkat_core.fed.simulator import Federation
-from meerkat_core.flower.records import HELLO, SETUP, ClientSetup
-from meerkat_core.flower.strategy import MeerkatStrategy, error_reason
+from meerkat_core.flower.app_config import FlowerSettings
+from meerkat_core.flower.records import HELLO, SETUP, setup_to_record
+from meerkat_core.flower.site import ClientSetup
+from meerkat_core.flower.strategy import GONE, MeerkatStrategy, error_reason
 
 log = logging.getLogger("meerkat.flower")
-
-
-@dataclass(frozen=True)
-class RoundTimeouts:
-    connect: float = 300.0  # wait this long for every client's SuperNode before round 1
-    round: float = 3600.0  # wait this long for a round's replies (dead nodes are reported sooner)
-    poll: float = 1.0
 
 
 def client_setup(fed: Federation) -> ClientSetup:
@@ -41,42 +39,63 @@ def client_setup(fed: Federation) -> ClientSetup:
     )
 
 
+def exchange(grid: Grid, messages: Iterable[Message], timeout: float, poll: float) -> list[Message]:
+    """Push ``messages`` and pull their replies every ``poll`` s until all came back or ``timeout`` s passed."""
+    pending = set(grid.push_messages(messages))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(poll)
+    return replies
+
+
 class FlowerRounds:
-    def __init__(self, grid: Grid, timeouts: RoundTimeouts = RoundTimeouts()) -> None:
+    def __init__(self, grid: Grid, settings: FlowerSettings = FlowerSettings()) -> None:
         self.grid = grid
-        self.timeouts = timeouts
+        self.settings = settings
         self.nodes: dict[int, int] = {}  # client id -> node id
+        self.idle: set[int] = set()  # nodes whose client has no data (they sit the run out)
         self._strategy: MeerkatStrategy | None = None
 
     # -- nodes ------------------------------------------------------------------------------------
     def _greet(self, fed: Federation, node_ids: list[int]) -> None:
-        setup = client_setup(fed).to_record()
+        setup = setup_to_record(client_setup(fed))
         msgs = [Message(RecordDict({SETUP: setup}), dst_node_id=n, message_type="query") for n in node_ids]
-        for reply in self.grid.send_and_receive(msgs, timeout=self.timeouts.round):
+        for reply in exchange(self.grid, msgs, self.settings.round_timeout, self.settings.poll):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                if reply.error.code in (3, 4, 5, 8):
+                if reply.error.code in GONE:
                     continue
                 raise MeerkatInputError(f"SuperNode {node} refused the run: {error_reason(reply.error.reason)}")
-            c = int(reply.content[HELLO]["client"])
+            hello = reply.content[HELLO]
+            c = int(hello["client"])
             if c not in fed.server.client_sizes:
+                if int(hello.get("examples", 0)) == 0:
+                    self.idle.add(node)
+                    continue
                 raise MeerkatInputError(f"SuperNode {node} says it is client {c}, which has no data in the partition")
             if c in self.nodes and self.nodes[c] != node and self.nodes[c] in node_ids:
                 raise MeerkatInputError(f"SuperNodes {self.nodes[c]} and {node} both say they are client {c}")
             self.nodes[c] = node
             # a (re)started node holds the state it reports; send it the history from there
-            fed.server.synced_round[c] = int(reply.content[HELLO]["synced_round"])
+            fed.server.synced_round[c] = int(hello["synced_round"])
 
     def _refresh(self, fed: Federation) -> None:
         live = set(self.grid.get_node_ids())
         self.nodes = {c: n for c, n in self.nodes.items() if n in live}
-        new = sorted(live - set(self.nodes.values()))
+        self.idle &= live
+        new = sorted(live - set(self.nodes.values()) - self.idle)
         if new:
             self._greet(fed, new)
 
     def _connect(self, fed: Federation) -> None:
         want = set(fed.server.client_sizes)
-        deadline = time.monotonic() + self.timeouts.connect
+        deadline = time.monotonic() + self.settings.connect_timeout
         while True:
             self._refresh(fed)
             if want <= set(self.nodes):
@@ -84,10 +103,10 @@ class FlowerRounds:
             if time.monotonic() > deadline:
                 missing = sorted(want - set(self.nodes))
                 raise MeerkatInputError(
-                    f"only {len(self.nodes)} of {len(want)} clients' SuperNodes joined within {self.timeouts.connect:.0f} s "
-                    f"(missing clients {', '.join(map(str, missing))})"
+                    f"only {len(self.nodes)} of {len(want)} clients' SuperNodes joined within "
+                    f"{self.settings.connect_timeout:.0f} s (missing clients {', '.join(map(str, missing))})"
                 )
-            time.sleep(self.timeouts.poll)
+            time.sleep(max(self.settings.poll, 0.2))
 
     # -- rounds -----------------------------------------------------------------------------------
     def __call__(self, fed: Federation, r: int) -> tuple[RoundOutcome, dict[int, tuple[int, int]], dict[str, Any]]:
@@ -99,7 +118,7 @@ class FlowerRounds:
         strategy = self._strategy
         strategy.nodes = self.nodes
         messages = strategy.configure_train(r, ArrayRecord(), ConfigRecord(), self.grid)
-        replies = self.grid.send_and_receive(messages, timeout=self.timeouts.round) if messages else []
+        replies = exchange(self.grid, messages, self.settings.round_timeout, self.settings.poll) if messages else []
         strategy.aggregate_train(r, replies)
         t = strategy.traffic
         if strategy.outcome is None:
@@ -111,4 +130,3 @@ class FlowerRounds:
             log.warning("round %d: clients %s dropped out; the round completes with the others", r, t.dropped)
         extra = {"flower_bytes_down": t.flower_down, "flower_bytes_up": t.flower_up, "dropped": t.dropped}
         return strategy.outcome, dict(t.protocol), extra
-

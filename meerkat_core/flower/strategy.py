@@ -26,7 +26,7 @@ from meerkat_core.fed.server import RoundOutcome, ZOServer
 from meerkat_core.flower.records import instruction_to_content, message_bytes, reply_from_content
 
 # Flower ErrorCode values meaning "the node or its message is gone" (flwr.common.constant.ErrorCode)
-_GONE = {3, 4, 5, 8}  # MESSAGE_UNAVAILABLE, REPLY_MESSAGE_UNAVAILABLE, NODE_UNAVAILABLE, CLIENT_APP_CRASHED
+GONE = {3, 4, 5, 8}  # MESSAGE_UNAVAILABLE, REPLY_MESSAGE_UNAVAILABLE, NODE_UNAVAILABLE, CLIENT_APP_CRASHED
 
 
 @dataclass
@@ -72,7 +72,7 @@ class MeerkatStrategy(Strategy):
         for msg in replies:
             c = by_node.get(msg.metadata.src_node_id)
             if msg.has_error():
-                if msg.error.code in _GONE:
+                if msg.error.code in GONE:
                     continue
                 who = f"client {c}" if c is not None else f"node {msg.metadata.src_node_id}"
                 raise MeerkatError(f"round {server_round}: {who} failed on its SuperNode: {error_reason(msg.error.reason)}")
