@@ -24,19 +24,10 @@ from meerkat_core.fed.server import RoundOutcome
 from meerkat_core.fed.simulator import Federation
 from meerkat_core.flower.app_config import FlowerSettings
 from meerkat_core.flower.records import HELLO, SETUP, setup_to_record
-from meerkat_core.flower.site import ClientSetup
+from meerkat_core.flower.site import client_setup
 from meerkat_core.flower.strategy import GONE, MeerkatStrategy, error_reason
 
 log = logging.getLogger("meerkat.flower")
-
-
-def client_setup(fed: Federation) -> ClientSetup:
-    cfg = fed.cfg
-    return ClientSetup(
-        model=cfg.model, task=cfg.task, mask_sha256=str(fed.provenance["mask_sha256"]), k=int(fed.provenance["k"]),
-        max_length=cfg.max_length, batch_size=cfg.batch_size, dtype=cfg.dtype,
-        loss=str(getattr(cfg, "loss", "lm")), trust_remote_code=cfg.trust_remote_code,
-    )
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float, poll: float) -> list[Message]:

@@ -51,6 +51,16 @@ class ClientSetup:
         return cls(**{k: v for k, v in dict(raw).items() if k in names})
 
 
+def client_setup(fed: Any) -> ClientSetup:
+    """The setup a federation (``fed.simulator.Federation``) announces to its sites."""
+    cfg = fed.cfg
+    return ClientSetup(
+        model=cfg.model, task=cfg.task, mask_sha256=str(fed.provenance["mask_sha256"]), k=int(fed.provenance["k"]),
+        max_length=cfg.max_length, batch_size=cfg.batch_size, dtype=cfg.dtype, loss=cfg.loss,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+
+
 @dataclass(frozen=True)
 class SiteConfig:
     partition_id: int
