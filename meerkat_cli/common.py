@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -36,7 +37,7 @@ JsonOption = typer.Option(False, "--json", help="Print the result as one JSON do
 
 def fail(message: str) -> typer.Exit:
     """Print a one-line error and return the Exit to raise (exit code 2)."""
-    first_line = " ".join(str(message).split())
+    first_line = escape(" ".join(str(message).split()))  # a message's "[flower]" is text, not markup
     err.print(f"[bold red]error:[/] {first_line}", markup=True, highlight=False)
     return typer.Exit(code=BAD_INPUT_EXIT)
 

@@ -3,13 +3,15 @@ applied to them: "hf:ID:CONFIG" once rendered as "hf🆔CONFIG")."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
 from meerkat_cli.app import app
 
 COMMANDS = [[], ["mask"], ["mask", "stats"], ["mask", "compare"], ["partition"], ["train"], ["eval"],
-            ["gradip"], ["gradip", "inspect"], ["export"], ["models"], ["tasks"]]
+            ["gradip"], ["gradip", "inspect"], ["export"], ["models"], ["tasks"], ["site"], ["site", "serve"]]
 
 
 def _help(args: list[str]) -> str:
@@ -30,3 +32,17 @@ def test_literal_option_texts_survive() -> None:
     assert "hf:ID, optionally with :CONFIG and @SPLIT (e.g. hf:allenai/c4:en@validation)" in text
     assert "cuda[:N]" in text
     assert "--z-cache-mb" in _help(["train"])
+
+
+def test_flower_install_line_survives_in_help_and_errors(monkeypatch: pytest.MonkeyPatch, tiny_mask, tiny_partition,
+                                                         tmp_path) -> None:
+    """rich markup once swallowed "[flower]" (`pip install 'meerkat'`), in --help and in the missing-flwr error."""
+    from tests.conftest import run_cli
+
+    assert 'pip install -c constraints.txt -e ".[flower]"' in " ".join(_help(["train"]).split())
+    monkeypatch.setitem(sys.modules, "flwr", None)  # as without the extra: `import flwr` raises ImportError
+    res = run_cli("train", "--model", "tiny-llama", "--mask", str(tiny_mask), "--partition", str(tiny_partition),
+                  "--task", "sentiment2", "--out", str(tmp_path / "r"), "--engine", "flower-sim", check=False)
+    assert res.returncode == 2
+    assert 'pip install -c constraints.txt -e ".[flower]"' in " ".join(res.stderr.split())
+    assert not (tmp_path / "r").exists()

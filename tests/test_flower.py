@@ -104,6 +104,31 @@ def wait_for(ready, what: str, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    out, grew = {root}, True
+    while grew:
+        new = {p for p, pp in parents.items() if pp in out and p not in out}
+        out |= new
+        grew = bool(new)
+    return out
+
+
+def listening_addresses(root: int) -> set[str]:
+    """The local addresses of the TCP sockets that ``root`` and its descendants listen on (``ss -ltnp``)."""
+    import re
+
+    pids = _descendants(root)
+    lines = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
+    return {ln.split()[3] for ln in lines if {int(p) for p in re.findall(r"pid=(\d+)", ln)} & pids}
+
+
 def listening(port: int) -> bool:
     import socket
 
@@ -191,15 +216,19 @@ def test_flwr_run_local_simulation_matches_inprocess_bitwise(tiny_mask: Path, pa
                                          "--port", str(port), "--disable-runtime-dependency-installation"])
         wait_for(lambda: listening(port) or link.poll() is not None, "simulation SuperLink")
         t0 = time.perf_counter()
-        res = subprocess.run(
-            ["flwr", "run", str(REPO / "flower_app"), "local-simulation", "--stream",
-             "--run-config", run_config_args(tiny_mask, part3, out),
-             "--federation-config", "num-supernodes=3 init-args-num-cpus=1 client-resources-num-cpus=1"],
-            env=procs.env, capture_output=True, text=True, timeout=900)
+        run = procs.start("flwr-run", [
+            "flwr", "run", str(REPO / "flower_app"), "local-simulation", "--stream",
+            "--run-config", run_config_args(tiny_mask, part3, out),
+            "--federation-config", "num-supernodes=3 init-args-num-cpus=1 client-resources-num-cpus=1"])
+        seen: set[str] = set()  # every TCP address the SuperLink's process tree listens on (Ray's included)
+        while run.poll() is None and time.perf_counter() - t0 < 900:
+            seen |= listening_addresses(link.pid)
+            time.sleep(0.5)
         t_sim = time.perf_counter() - t0
     finally:
         procs.stop()
-    assert (out / "summary.json").exists(), res.stdout[-3000:] + res.stderr[-3000:]
+    assert (out / "summary.json").exists(), procs.log("flwr-run")[-3000:]
+    assert any(a.startswith("127.0.0.1:") for a in seen) and all(a.startswith("127.0.0.1:") for a in seen), seen
     ref = tmp_path / "inproc"
     run_cli(*train_args(tiny_mask, part3, ref))
     assert_same_run(out, ref, 2)

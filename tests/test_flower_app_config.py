@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -46,6 +47,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _leaves(cls: type, prefix: str = ""):
+    """(key, default) of every leaf field, written out here independently of run_config.config_keys."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _leaves(hints[f.name], name + ".")
+        else:
+            yield name, f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+
+
 def test_committed_app_pyproject_is_generated_from_the_dataclasses() -> None:
     committed = (APP_DIR / "pyproject.toml").read_text()
     assert committed == render_app_pyproject(), "run `python -m meerkat_core.flower.app_config --write`"
@@ -55,11 +67,10 @@ def test_app_config_has_every_field_with_its_default() -> None:
     doc = tomllib.loads(render_app_pyproject())
     config = _flatten(doc["tool"]["flwr"]["app"]["config"])
     assert config == app_run_config()
-    leaves = [f for f in dataclasses.fields(TrainConfig)]
-    assert len([k for k in config if not k.startswith("flower.")]) == len(leaves)
-    for f in leaves:
-        key = f.name.replace("_", "-")
-        want = "" if f.default is dataclasses.MISSING else ("none" if f.default is None else f.default)
+    leaves = dict(_leaves(TrainConfig))
+    assert [k for k in config if not k.startswith("flower.")] == list(leaves)
+    for key, default in leaves.items():
+        want = "" if default is dataclasses.MISSING else ("none" if default is None else default)
         assert config[key] == want, key
     assert config["local-steps"] == TrainConfig.__dataclass_fields__["local_steps"].default == 10
     assert config["flower.poll"] == FlowerSettings().poll
