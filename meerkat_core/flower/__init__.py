@@ -1,6 +1,7 @@
 """The Flower engine (``meerkat train --engine flower``): our client and server on Flower's Message API.
 
-Optional: needs ``pip install 'meerkat[flower]'`` (flwr >= 1.20). Modules, one job each:
+Optional: needs ``pip install 'meerkat[flower]'`` (flwr >= 1.42, as pyproject.toml says); chosen by
+``meerkat_core.engines``. Modules, one job each:
 
 - ``records``: RoundInstruction / ClientReply / client setup <-> Flower ConfigRecord / MetricRecord.
 - ``site``: what a site (SuperNode) holds: its node config and the client built from it.

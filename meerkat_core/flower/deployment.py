@@ -24,11 +24,14 @@ from typing import Any, Callable, Iterator
 
 from meerkat_core.atomic import write_json_atomic, write_text_atomic
 from meerkat_core.errors import MeerkatError, MeerkatInputError
-from meerkat_core.fed.config import TrainConfig
-from meerkat_core.fed.rundir import METRICS, RunDir
+from meerkat_core.config.train import TrainConfig
+from meerkat_core.fed.training import check_config
+from meerkat_core.flower import require_flwr
 from meerkat_core.flower.job import RUN_CONFIG_KEY, FlowerJob, read_result
 from meerkat_core.flower.rounds import RoundTimeouts
 from meerkat_core.flower.site import SiteConfig, toml_str
+from meerkat_core.partition import load_partition
+from meerkat_core.rundir import METRICS, RunDir, check_run_dir
 
 CONNECTION = "meerkat-local"
 APP_PYPROJECT = """\
@@ -108,8 +111,6 @@ def _wait_listening(host: str, port: int, proc: subprocess.Popen, timeout: float
 
 def local_sites(cfg: TrainConfig) -> list[SiteConfig]:
     """One site per client with data; paths made absolute (the SuperNodes run elsewhere in the tree)."""
-    from meerkat_core.partition import load_partition
-
     manifest = load_partition(cfg.partition)
     mask = "all" if cfg.mask == "all" else str(Path(cfg.mask).resolve())
     if mask != "all" and not Path(mask).is_file():
@@ -239,12 +240,9 @@ def run_flower_training(
 ) -> dict[str, Any]:
     """Run (or resume) ``cfg`` on a local Flower deployment; returns the summary (as summary.json, plus
     the engine's wire totals ``flower_bytes_up`` / ``flower_bytes_down`` of this invocation)."""
-    from meerkat_core.fed.training import check_run_dir
-    from meerkat_core.flower import require_flwr
-
     require_flwr()
     options = options or FlowerOptions()
-    cfg.validate()
+    check_config(cfg)
     check_run_dir(cfg)  # bad --out / --resume fail here, before anything starts
     sites = local_sites(cfg)
     say = on_event or (lambda msg: None)

@@ -14,7 +14,7 @@ from typing import Any
 
 from meerkat_core.atomic import write_json_atomic
 from meerkat_core.errors import MeerkatError, MeerkatInputError
-from meerkat_core.fed.config import TrainConfig
+from meerkat_core.config.train import TrainConfig
 from meerkat_core.flower.rounds import RoundTimeouts
 
 RUN_CONFIG_KEY = "job"
