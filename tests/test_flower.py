@@ -108,12 +108,12 @@ def test_flower_engine_matches_inprocess_bitwise(tiny_mask: Path, part3: Path, t
 
 @pytest.mark.slow
 def test_killed_supernode_round_completes_and_run_resumes(tiny_mask: Path, part3: Path, tmp_path: Path) -> None:
-    from meerkat_core.fed.config import TrainConfig
+    from meerkat_core.config.train import EvalSettings, TrainConfig
     from meerkat_core.flower.deployment import FlowerOptions, run_flower_training
 
     out, work = tmp_path / "killed", tmp_path / "flower-work"
     cfg = TrainConfig(model="tiny-llama", mask=str(tiny_mask), partition=str(part3), task="sentiment2", out=str(out),
-                      rounds=3, local_steps=3, clients_per_round=3, lr=1e-2, eps=1e-3, batch_size=4, eval_limit=16,
+                      rounds=3, local_steps=3, clients_per_round=3, lr=1e-2, eps=1e-3, batch_size=4, eval=EvalSettings(limit=16),
                       device="cpu")
     result: dict = {}
 
