@@ -41,34 +41,31 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
-def cli(*argv: str) -> None:
-    """Run one ``meerkat`` command in this process (no re-import of torch); exit on failure."""
-    from typer.testing import CliRunner
-
-    from meerkat_cli.app import app
-
-    res = CliRunner().invoke(app, list(argv))
-    if res.exit_code != 0:
-        raise SystemExit(f"meerkat {' '.join(argv)} failed: {res.output[-2000:]}")
-
-
 def ensure_mask(path: Path, model: str, method: str = "sensitivity", density: float = 1e-3, seed: int = 0,
                 quick: bool = True) -> Path:
-    """A mask at ``path`` (computed once; kept). ``quick`` uses a few short calibration blocks."""
+    """A mask at ``path`` (computed once with ``meerkat_core.api.make_mask``; kept). ``quick`` uses a few
+    short calibration blocks."""
+    from meerkat_core import api
+    from meerkat_core.config import MaskConfig
+
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        extra = ["--samples", "8", "--seq-len", "32", "--batch-size", "4"] if quick else []
-        cli("mask", "--model", model, "--method", method, "--density", str(density), "--seed", str(seed),
-            "--device", "cpu", *extra, "--out", str(path))
+        small = {"samples": 8, "seq_len": 32, "batch_size": 4} if quick else {}
+        api.make_mask(MaskConfig(model=model, method=method, density=density, seed=seed, device="cpu", out=str(path),
+                                 **small))
     return path
 
 
-def ensure_partition(path: Path, task: str, clients: int, scheme: str = "iid", seed: int = 0, *extra: str) -> Path:
+def ensure_partition(path: Path, task: str, clients: int, scheme: str = "iid", seed: int = 0, **extra: Any) -> Path:
+    """A partition at ``path`` (made once with ``meerkat_core.api.make_partition``); ``extra``: further
+    ``PartitionConfig`` settings (``alpha``, ``extreme_clients``, ...)."""
+    from meerkat_core import api
+    from meerkat_core.config import PartitionConfig
+
     path = Path(path)
     if not (path / "manifest.json").exists():
-        cli("partition", "--task", task, "--clients", str(clients), "--scheme", scheme, "--seed", str(seed),
-            *extra, "--out", str(path))
+        api.make_partition(PartitionConfig(task=task, clients=clients, scheme=scheme, seed=seed, out=str(path), **extra))
     return path
 
 

@@ -112,10 +112,10 @@ def masks_for(args: argparse.Namespace, out: Path, seed: int, sens: str) -> dict
 
 
 def partition_for(args: argparse.Namespace, out: Path, task: str, scheme: str, seed: int) -> Path:
-    extra = {"iid": [], "dirichlet": ["--alpha", str(args.alpha)], "mixed": ["--extreme-clients", str(args.extreme)]}
+    extra = {"iid": {}, "dirichlet": {"alpha": args.alpha}, "mixed": {"extreme_clients": args.extreme}}
     name = {"iid": "iid", "dirichlet": f"dirichlet{args.alpha:g}", "mixed": f"mixed{args.extreme}"}[scheme]
     return _common.ensure_partition(out / "partitions" / f"{name}-seed{seed}", task, args.clients, scheme, seed,
-                                    *extra[scheme])
+                                    **extra[scheme])
 
 
 # full-zo's default z cache: 1 GiB holds z for up to 268M weights (smollm2-135m: d = 134.5M, 513 MiB)
@@ -127,12 +127,12 @@ _READ_BACK_IGNORES = ("out", "resume", "device", "eval_every", "checkpoint_every
 
 def _check_same_settings(run: Path, cfg: Any) -> None:
     """Refuse to read back a finished run made with other settings (the directory name does not hold them all)."""
-    from meerkat_core.fed.config import TrainConfig
-    from meerkat_core.fed.rundir import RunDir
+    from meerkat_core.config.train import TrainConfig
+    from meerkat_core.rundir import RunDir
 
-    previous = TrainConfig.from_dict(RunDir(run).read_config().get("train", {}))
-    diff = [f"{k}={getattr(previous, k)!r} (now {getattr(cfg, k)!r})"
-            for k in cfg.changed_settings(previous, _READ_BACK_IGNORES)]
+    previous = RunDir(run).train_config()
+    before, now = previous.to_dict(), cfg.to_dict()
+    diff = [f"{k}={before[k]!r} (now {now[k]!r})" for k in cfg.changed_settings(previous, _READ_BACK_IGNORES)]
     if diff:
         raise SystemExit(f"accuracy_sweep: {run} was made with other settings: {', '.join(diff)}; "
                          "use another --out for these settings")
@@ -142,16 +142,16 @@ def run_one(args: argparse.Namespace, out: Path, task: str, group: str, part_nam
             mask: str, seed: int, steps: int, rounds: int) -> dict[str, Any]:
     import json
 
-    from meerkat_core.fed.config import TrainConfig
-    from meerkat_core.fed.rundir import RunDir
+    from meerkat_core.config.train import EvalSettings, TrainConfig
     from meerkat_core.fed.training import run_training
+    from meerkat_core.rundir import RunDir
 
     run = out / "runs" / f"{part_name}-seed{seed}-{arm}-T{steps}-R{rounds}"
     lr = args.lr_full_zo if arm == "full-zo" else args.lr
     cfg = TrainConfig(model=args.model, mask=mask, partition=str(part), task=task, out=str(run), rounds=rounds,
                       local_steps=steps, clients_per_round=args.clients_per_round, lr=lr, eps=args.eps,
                       batch_size=args.batch_size, loss=args.loss, seed=seed, device=args.device,
-                      eval_limit=args.eval_limit)
+                      eval=EvalSettings(limit=args.eval_limit))
     if arm == "full-zo":
         cfg.z_cache_mb = args.z_cache_mb if args.z_cache_mb is not None else _FULL_ZO_CACHE_MB
     t0 = time.perf_counter()

@@ -89,7 +89,7 @@ def _updates_per_round(clients: dict[int, list[dict[str, Any]]]) -> dict[int, in
 
 def ledger_messages(run: Path, sync: str, k_payload: int) -> list[dict[str, Any]]:
     """Per (round, client): measured bytes and their payload/header split implied by the protocol."""
-    from meerkat_core.fed.rundir import RunDir
+    from meerkat_core.rundir import RunDir
 
     clients, _, _ = RunDir(run).read_ledger()
     updates = _updates_per_round(clients)
@@ -154,7 +154,7 @@ def stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def bytes_to_target(run: Path, target: float | None, d: int | None = None) -> dict[str, Any]:
     """Cumulative bytes (all clients) up to the first evaluated round whose accuracy >= target."""
-    from meerkat_core.fed.rundir import RunDir
+    from meerkat_core.rundir import RunDir
 
     rd = RunDir(run)
     metrics = rd.read_metrics()
@@ -190,9 +190,9 @@ def bytes_to_target(run: Path, target: float | None, d: int | None = None) -> di
 
 
 def run_arm(args: argparse.Namespace, arm: str, mask: str, part: Path) -> Path:
-    from meerkat_core.fed.config import TrainConfig
-    from meerkat_core.fed.rundir import RunDir
+    from meerkat_core.config.train import EvalSettings, TrainConfig
     from meerkat_core.fed.training import run_training
+    from meerkat_core.rundir import RunDir
 
     run = Path(args.work) / f"{args.model.replace('/', '_')}-{arm}"
     if (run / "summary.json").exists():
@@ -201,7 +201,7 @@ def run_arm(args: argparse.Namespace, arm: str, mask: str, part: Path) -> Path:
     cfg = TrainConfig(model=args.model, mask=mask if spec["sparse"] else "all", partition=str(part), task=args.task,
                       out=str(run), rounds=args.rounds, local_steps=args.local_steps,
                       clients_per_round=args.clients_per_round, lr=args.lr, batch_size=args.batch_size,
-                      seed=args.seed, device="cpu", eval_limit=args.eval_limit, eval_every=1, sync=spec["sync"])
+                      seed=args.seed, device="cpu", eval=EvalSettings(limit=args.eval_limit, every=1), sync=spec["sync"])
     cfg.resume = RunDir(run).exists()
     run_training(cfg, on_event=lambda m: print(f"  [{arm}] {m}", file=sys.stderr))
     return run

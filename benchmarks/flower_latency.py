@@ -1,6 +1,6 @@
 """Steady round time of the Flower engines against the in-process engine (issue #17).
 
-Arms (each a full ``meerkat train`` run through ``meerkat_core.fed.engines.run_engine``):
+Arms (each a full ``meerkat train`` run through ``meerkat_core.engines.run_engine``):
 
 * ``deploy-tiny``    ``--engine flower`` on loopback: SuperLink, 3 SuperNodes, 3 ``meerkat site serve``;
                      tiny-llama, 3 clients all sampled, 1 local step;
@@ -61,8 +61,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_arm(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    from meerkat_core.fed.config import TrainConfig
-    from meerkat_core.fed.engines import run_engine
+    from meerkat_core.config.train import EvalSettings, TrainConfig
+    from meerkat_core.engines import run_engine
 
     arm = ARMS[name]
     model = arm["model"]
@@ -71,11 +71,12 @@ def run_arm(args: argparse.Namespace, name: str) -> dict[str, Any]:
     run = args.out / "runs" / f"{name}-{time.strftime('%H%M%S')}"
     cfg = TrainConfig(model=model, mask=str(mask), partition=str(part), task="sentiment2", out=str(run),
                       rounds=args.rounds, local_steps=args.local_steps, clients_per_round=arm["per_round"],
-                      lr=1e-4, eps=1e-3, batch_size=args.batch_size, eval_limit=16, device="cpu")
+                      lr=1e-4, eps=1e-3, batch_size=args.batch_size, eval=EvalSettings(limit=16), device="cpu",
+                      engine=arm["engine"])
     t0 = time.perf_counter()
-    summary = run_engine(arm["engine"], cfg, on_event=lambda m: print(f"  [{name}] {m}", file=sys.stderr))
+    summary = run_engine(cfg, on_event=lambda m: print(f"  [{name}] {m}", file=sys.stderr))
     wall = time.perf_counter() - t0
-    from meerkat_core.fed.rundir import RunDir
+    from meerkat_core.rundir import RunDir
 
     rows = [m for m in RunDir(run).read_metrics() if m.get("round", 0) > 0]
     seconds = [float(m["seconds"]) for m in rows]

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     import torch
 
-    from meerkat_core.fed.config import TrainConfig
+    from meerkat_core.config.train import TrainConfig
     from meerkat_core.fed.protocol import ClientReply, RoundInstruction
     from meerkat_core.fed.simulator import build_federation
     from meerkat_core.fed.state import apply_history

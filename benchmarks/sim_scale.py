@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     import torch
 
-    from meerkat_core.fed.config import TrainConfig
+    from meerkat_core.config.train import TrainConfig
     from meerkat_core.fed.simulator import build_federation
 
     torch.set_num_threads(args.threads)

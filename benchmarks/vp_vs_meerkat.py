@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
 ARMS = {
     "meerkat": dict(algorithm="meerkat"),
     "meerkat-vp": dict(algorithm="meerkat-vp"),
@@ -73,16 +76,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _cli(*argv: str) -> None:
-    from typer.testing import CliRunner
-
-    from meerkat_cli.app import app
-
-    res = CliRunner().invoke(app, list(argv))
-    if res.exit_code != 0:
-        raise SystemExit(f"meerkat {' '.join(argv)} failed: {res.output[-2000:]}")
-
-
 def _vp_value(raw: str) -> tuple[str, Any]:
     key, _, val = raw.partition("=")
     for cast in (int, float):
@@ -98,30 +91,25 @@ def ensure_inputs(args: argparse.Namespace, out: Path, seed: int) -> tuple[str, 
     if mask is None:
         if not args.quick:
             raise SystemExit("--mask is required (make one with `meerkat mask --model MODEL --out FILE`)")
-        mask = str(out / "tiny.mask")
-        if not Path(mask).exists():
-            _cli("mask", "--model", args.model, "--samples", "8", "--seq-len", "32", "--batch-size", "4",
-                 "--out", mask)
-    part = out / f"partition-seed{seed}"
-    if not (part / "manifest.json").exists():
-        _cli("partition", "--task", args.task, "--clients", str(args.clients), "--scheme", "mixed",
-             "--extreme-clients", str(args.extreme), "--seed", str(seed), "--out", str(part))
+        mask = str(_common.ensure_mask(out / "tiny.mask", args.model))
+    part = _common.ensure_partition(out / f"partition-seed{seed}", args.task, args.clients, "mixed", seed,
+                                    extreme_clients=args.extreme)
     return mask, part
 
 
 def run_arm(args: argparse.Namespace, arm: str, seed: int, mask: str, part: Path, out: Path) -> dict[str, Any]:
-    from meerkat_core.fed.config import TrainConfig
-    from meerkat_core.fed.rundir import RunDir
+    from meerkat_core.config.train import TrainConfig
+    from meerkat_core.rundir import RunDir
     from meerkat_core.fed.training import run_training
 
     run = out / f"seed{seed}-{arm}"
     summary_path = run / "summary.json"
-    cfg = TrainConfig(
+    cfg = TrainConfig.from_dict(dict(
         model=args.model, mask=mask, partition=str(part), task=args.task, out=str(run), rounds=args.rounds,
         local_steps=args.local_steps, clients_per_round=args.clients_per_round, lr=args.lr, eps=args.eps,
         batch_size=args.batch_size, loss=args.loss, seed=seed, device="cpu", eval_limit=args.eval_limit,
         vp_calibration_steps=args.cal_steps, **ARMS[arm], **dict(_vp_value(v) for v in args.vp),
-    )
+    ))
     t0 = time.perf_counter()
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())

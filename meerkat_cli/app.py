@@ -1,4 +1,5 @@
-"""The ``meerkat`` command: a thin Typer app. Every command parses, calls meerkat_core, renders."""
+"""The ``meerkat`` command: a thin Typer app. Every command parses its flags (or ``--config``) into its
+configuration (``meerkat_core.config``), calls ONE ``meerkat_core.api`` function, and renders the result."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ from typing import Optional
 import typer
 
 import meerkat_core
+from meerkat_cli.common import new_app
 from meerkat_cli.eval_cmd import eval_command
+from meerkat_cli.gradip_cmd import gradip_app
 from meerkat_cli.info_cmds import models_command, tasks_command
 from meerkat_cli.mask_cmd import mask_app
 from meerkat_cli.partition_cmd import partition_command
+from meerkat_cli.site_cmd import site_app
+from meerkat_cli.train_cmd import export_command, train_command
 
-app = typer.Typer(
+app = new_app(
     name="meerkat",
     help="Federated fine-tuning of LLMs with sparse zeroth-order optimization (Meerkat, Meerkat-vp).",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -60,11 +64,6 @@ app.command("partition")(partition_command)
 app.command("eval")(eval_command)
 app.command("models")(models_command)
 app.command("tasks")(tasks_command)
-
-from meerkat_cli.train_cmd import export_command, train_command  # noqa: E402
-from meerkat_cli.gradip_cmd import gradip_app  # noqa: E402
-from meerkat_cli.site_cmd import site_app  # noqa: E402
-
 app.command("train")(train_command)
 app.command("export")(export_command)
 app.add_typer(gradip_app, name="gradip")

@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import typer
+from rich import filesize
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -33,6 +35,19 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 JsonOption = typer.Option(False, "--json", help="Print the result as one JSON document on stdout.")
+# ``--json`` as a parameter of the commands that ``meerkat_cli.options.config_command`` generates
+JSON_PARAM = inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=JsonOption, annotation=bool)
+
+
+def new_app(**kw: Any) -> typer.Typer:
+    """A Typer app whose help prints every text literally: no rich markup (``'meerkat[flower]'`` stays,
+    it was once swallowed as a style tag) and no emoji codes (``hf:ID:CONFIG``)."""
+    return typer.Typer(rich_markup_mode=None, add_completion=False, **kw)
+
+
+def fmt_bytes(n: float) -> str:
+    """Decimal units (kB, MB: powers of 1000, as benchmarks/RESULTS.md writes them)."""
+    return filesize.decimal(int(n))
 
 
 def fail(message: str) -> typer.Exit:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import typer
 from rich.table import Table
 
-from meerkat_cli.common import JsonOption, cli_errors, emit_json, err, out, progress_callback
+from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, out, progress_callback
+from meerkat_cli.options import config_command
+from meerkat_core.config import EvalConfig
 
 
 def render_eval(result: Any, title: str) -> list[Table]:
@@ -30,33 +30,22 @@ def render_eval(result: Any, title: str) -> list[Table]:
     return [summary, conf]
 
 
-def eval_command(
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Built-in name, local HF directory, .gguf file or hub id."),
-    task: str = typer.Option("sentiment2", "--task", "-t", help="Built-in task (see `meerkat tasks`) or a task JSON file."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A run directory or checkpoint file to apply first."),
-    split: str = typer.Option("test", "--split", help="test or train."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N examples only."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
-    max_length: int = typer.Option(128, "--max-length", min=8, help="Prompt tokens kept (the end is kept)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a hub model's own code to run."),
-    json_out: bool = JsonOption,
-) -> None:
-    """Evaluate a model (or a checkpoint of a run) on a task: accuracy, loss, per-class accuracy, confusion."""
-    with cli_errors():
-        from meerkat_core.pipeline import run_eval
+def _eval(cfg: EvalConfig, json_out: bool) -> None:
+    from meerkat_core import api  # torch and transformers: imported when a command runs, not for --help
 
-        with progress_callback() as progress:
-            result, info = run_eval(
-                model=model, task=task, checkpoint=str(checkpoint) if checkpoint else None, split=split,
-                limit=limit, batch_size=batch_size, max_length=max_length, device=device, dtype=dtype,
-                trust_remote_code=trust_remote_code, progress=progress,
-            )
+    with cli_errors(), progress_callback() as progress:
+        ev = api.evaluate(cfg, progress=progress)
     if json_out:
-        emit_json({**result.to_dict(), **info})
+        emit_json(ev.to_json())
         return
-    title = f"{info['model']} on {result.task}" + (f" + checkpoint {info['checkpoint']}" if info.get("checkpoint") else "")
+    result = ev.result
+    title = f"{ev.model} on {result.task}" + (f" + checkpoint {ev.checkpoint}" if ev.checkpoint else "")
     for table in render_eval(result, title):
         out.print(table)
-    err.print(f"[dim]device {info['device']}, dtype {info['dtype']}[/]")
+    err.print(f"device {ev.device}, dtype {ev.dtype}", style="dim", markup=False)
+
+
+eval_command = config_command(
+    EvalConfig, _eval, command="eval", config_file=True, extras=[JSON_PARAM],
+    doc="Evaluate a model (or a checkpoint of a run) on a task: accuracy, loss, per-class accuracy, confusion.",
+)

@@ -4,15 +4,15 @@ Meerkat-vp classification (with the margin to each threshold)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import typer
 from rich.table import Table
 
-from meerkat_cli.common import JsonOption, cli_errors, emit_json, err, out
+from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, new_app, out
+from meerkat_cli.options import config_command
+from meerkat_core.config import InspectConfig
 
-gradip_app = typer.Typer(help="GradIP trajectories of a run.", no_args_is_help=True)
+gradip_app = new_app(help="GradIP trajectories of a run.", no_args_is_help=True)
 
 
 def _num(v: Any, fmt: str = "{:.3g}") -> str:
@@ -78,26 +78,13 @@ def _footer(rep: Any) -> list[str]:
     return lines
 
 
-@gradip_app.command("inspect")
-def inspect_command(
-    run_dir: Path = typer.Argument(..., help="Run directory written by `meerkat train`."),
-    round_: Optional[int] = typer.Option(None, "--round", help="Round to inspect (default: the first, Meerkat-vp's calibration round)."),
-    client: Optional[int] = typer.Option(None, "--client", help="Only this client."),
-    classifier: Optional[str] = typer.Option(None, "--classifier", help="Classify with this classifier instead of the run's."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the trajectories."),
-    json_out: bool = JsonOption,
-) -> None:
-    """Per client: trajectory statistics, a sparkline of |GradIP|, the Meerkat-vp classification and
-    whether the client was stopped early. Works on plain Meerkat runs too (what vp would decide)."""
+def _inspect(cfg: InspectConfig, json_out: bool) -> None:
+    from meerkat_core import api
+
     with cli_errors():
-        from meerkat_core.gradip.report import build_report
-
-        rep = build_report(run_dir, round_=round_, client=client, classifier=classifier)
-        if plot is not None:
-            from meerkat_core.gradip.plot import plot_report
-
-            plot_report(rep, plot)
-            err.print(f"wrote {plot}")
+        rep = api.inspect_gradip(cfg)
+    if cfg.plot is not None:
+        err.print(f"wrote {cfg.plot}", markup=False)
     if json_out:
         emit_json(rep.to_json())
         return
@@ -111,3 +98,10 @@ def inspect_command(
         out.width = width
     for line in _footer(rep):
         out.print(line)
+
+
+gradip_app.command("inspect")(config_command(
+    InspectConfig, _inspect, command="gradip inspect", extras=[JSON_PARAM],
+    doc="""Per client: trajectory statistics, a sparkline of |GradIP|, the Meerkat-vp classification and
+    whether the client was stopped early. Works on plain Meerkat runs too (what vp would decide).""",
+))

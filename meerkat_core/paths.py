@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from huggingface_hub import constants as hub_constants
+
 
 def meerkat_home() -> Path:
     """``$MEERKAT_HOME`` if set, else ``$XDG_CACHE_HOME/meerkat`` (default ``~/.cache/meerkat``)."""
@@ -16,8 +18,6 @@ def meerkat_home() -> Path:
 
 
 def hub_offline() -> bool:
-    """True when the user asked for no hub access (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
-            return True
-    return False
+    """True when hub access is off: ``huggingface_hub``'s own reading of ``HF_HUB_OFFLINE`` /
+    ``TRANSFORMERS_OFFLINE`` (taken when it was imported, so it is what its downloads obey)."""
+    return bool(hub_constants.HF_HUB_OFFLINE)

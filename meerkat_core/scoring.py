@@ -59,7 +59,6 @@ def classification_loss(model: Any, batch: Batch, candidate_ids: list[int]) -> t
     return -(logp * true).sum(dim=-1).mean()
 
 
-LOSSES = ("lm", "classification")
 
 
 def class_scores(model: Any, enc: EncodedSet, indices: list[int], pad_id: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Deterministic safetensors serialization.
 
-``safetensors.torch.save`` writes the metadata map in hash order, so two saves of the same tensors
-can differ byte for byte. Artifacts here must be reproducible (same inputs and seed -> same file),
+Kept although the ``safetensors`` package writes files: ``safetensors.torch.save`` writes the metadata
+map in hash order, so two saves of the same tensors can differ byte for byte (huggingface/safetensors
+issue #584). Artifacts here must be reproducible (same inputs and seed -> same file),
 so we write the (simple, documented) safetensors layout ourselves: an 8-byte little-endian header
 length, a JSON header with sorted metadata and tensors in the given order, padded to 8 bytes, then
 the raw little-endian tensor data. Any safetensors reader loads the result.

@@ -61,8 +61,11 @@ def test_missing_and_empty_sources(tmp_path: Path) -> None:
 
 
 def test_hub_offline_is_a_clean_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what the env vars set at import
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     with pytest.raises(MeerkatInputError, match="hf:no-such-user/no-such-dataset"):
         load_documents("hf:no-such-user/no-such-dataset")
 
@@ -144,9 +147,11 @@ def test_hub_source_parsing_and_rows(monkeypatch: pytest.MonkeyPatch) -> None:
         seen.update(name=name, config=config, split=split, streaming=streaming)
         return iter([{"text": f"row {i} " * 10} for i in range(1000)])
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     docs = load_documents("hf:allenai/c4:en@validation", max_hub_docs=300)
     assert seen == {"name": "allenai/c4", "config": "en", "split": "validation", "streaming": True}

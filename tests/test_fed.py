@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from meerkat_core.fed.config import TrainConfig
+from meerkat_core.config.train import TrainConfig
 from meerkat_core.fed.protocol import ClientReply, HistoryEntry, RoundInstruction
 from meerkat_core.fed.simulator import build_federation, run_round
 from meerkat_core.fed.state import apply_history, state_crc
@@ -18,7 +18,7 @@ def _cfg(tiny_mask: Path, tiny_partition: Path, out: Path, **kw) -> TrainConfig:
                 out=str(out), rounds=3, local_steps=3, clients_per_round=3, lr=1e-2, eps=1e-3, batch_size=4,
                 device="cpu", eval_limit=16)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 def test_protocol_roundtrip_is_exact() -> None:

@@ -38,7 +38,7 @@ def train_args(mask: Path, part: Path, out: Path, *extra: str, rounds: int = 2, 
 def run_config_args(mask: Path, part: Path, out: Path, rounds: int = 2) -> str:
     """The same run as ``train_args`` as `flwr run --run-config` key=value pairs (the app's key names)."""
     return (f'model="tiny-llama" mask="{mask}" partition="{part}" task="sentiment2" out="{out}" rounds={rounds} '
-            'local-steps=3 clients-per-round=3 lr=0.01 eps=0.001 batch-size=4 eval-limit=16 device="cpu"')
+            'local-steps=3 clients-per-round=3 lr=0.01 eps=0.001 batch-size=4 eval.limit=16 device="cpu"')
 
 
 @pytest.fixture(scope="module")
@@ -256,12 +256,12 @@ def assert_flower_framing(run: Path) -> None:
 
 @pytest.mark.slow
 def test_killed_supernode_round_completes_and_run_resumes(tiny_mask: Path, part3: Path, tmp_path: Path) -> None:
-    from meerkat_core.fed.config import TrainConfig
+    from meerkat_core.config.train import EvalSettings, TrainConfig
     from meerkat_core.flower.deployment import FlowerOptions, run_flower_training
 
     out, work = tmp_path / "killed", tmp_path / "flower-work"
     cfg = TrainConfig(model="tiny-llama", mask=str(tiny_mask), partition=str(part3), task="sentiment2", out=str(out),
-                      rounds=3, local_steps=3, clients_per_round=3, lr=1e-2, eps=1e-3, batch_size=4, eval_limit=16,
+                      rounds=3, local_steps=3, clients_per_round=3, lr=1e-2, eps=1e-3, batch_size=4, eval=EvalSettings(limit=16),
                       device="cpu")
     result: dict = {}
 

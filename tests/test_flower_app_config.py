@@ -16,7 +16,7 @@ from typing import Optional
 import pytest
 
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.fed.config import TrainConfig
+from meerkat_core.config.train import EvalSettings, TrainConfig, VPSettings
 from meerkat_core.flower.app_config import (
     APP_DIR,
     FlowerSettings,
@@ -80,11 +80,11 @@ def test_app_config_has_every_field_with_its_default() -> None:
 
 
 def test_run_config_round_trip_is_exact() -> None:
-    cfg = TrainConfig(**REQUIRED, rounds=3, lr=1.25e-5, eps=3e-3, eval_limit=None, vp_rho_quie=0.125,
+    cfg = TrainConfig(**REQUIRED, rounds=3, lr=1.25e-5, eps=3e-3, eval=EvalSettings(limit=None), vp=VPSettings(rho_quie=0.125),
                       algorithm="meerkat-vp", trust_remote_code=True)
     settings = FlowerSettings(poll=0.01, result="/tmp/r.json")
     flat = run_config_for(cfg, settings)
-    assert flat["eval-limit"] == "none" and flat["flower.result"] == "/tmp/r.json"
+    assert flat["eval.limit"] == "none" and flat["flower.result"] == "/tmp/r.json"
     # through TOML, as `flwr run --run-config FILE` reads it
     parsed = _flatten(tomllib.loads("\n".join(toml_lines(flat))))
     assert parsed == flat
@@ -102,7 +102,7 @@ def test_defaults_plus_required_give_the_dataclass_defaults() -> None:
     ({"local-step": 3}, "unknown key local-step"),
     ({"rounds": "3"}, "rounds = '3': expected int"),
     ({"lr": True}, "lr = True: expected float"),
-    ({"eval-limit": "all"}, 'expected int or "none"'),
+    ({"eval.limit": "all"}, 'expected int or "none"'),
     ({"mask": ""}, "mask is required"),
 ])
 def test_bad_run_config_is_an_input_error(override: dict, message: str) -> None:

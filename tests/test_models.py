@@ -51,7 +51,9 @@ def test_local_dir_roundtrip(tmp_path: Path, tiny_loaded) -> None:
 
 
 def test_hub_id_while_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what the env var sets at import
     with pytest.raises(MeerkatInputError, match="HF_HUB_OFFLINE=1"):
         load_model("someone/no-such-model-xyz")
 

@@ -1,4 +1,4 @@
-"""One writer per run directory (meerkat_core.fed.run_lock) and run_training's use of it."""
+"""One writer per run directory (meerkat_core.rundir.lock, a filelock) and run_training's use of it."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.fed.config import TrainConfig
-from meerkat_core.fed.run_lock import LOCK, run_dir_lock
+from meerkat_core.config.train import EvalSettings, TrainConfig
+from meerkat_core.rundir import LOCK, run_dir_lock
 from meerkat_core.fed.training import run_training
 
 
@@ -29,7 +29,7 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
         owner = json.loads(lock.read_text())
         assert (owner["pid"], owner["host"]) == (os.getpid(), socket.gethostname())
         (run / "config.json").write_text("{}")
-        with pytest.raises(MeerkatInputError, match=rf"in use by process {os.getpid()} on .*delete the lock file"):
+        with pytest.raises(MeerkatInputError, match=rf"in use by process {os.getpid()} on .*wait for it to finish"):
             with run_dir_lock(run):
                 pass  # pragma: no cover
         assert lock.exists()  # the refused attempt left the holder's lock alone
@@ -46,26 +46,39 @@ def test_empty_directory_it_created_is_removed(tmp_path: Path) -> None:
     assert (tmp_path / "old").is_dir()  # it existed before: kept
 
 
-def test_stale_lock_is_taken_over_foreign_one_refused(tmp_path: Path) -> None:
+def test_stale_lock_is_taken_over_live_one_of_another_process_refused(tmp_path: Path) -> None:
+    """A lock file left by a process that died (the OS released its lock) is taken over, whatever host it
+    names; a lock another live process holds is refused, naming that process."""
     run = tmp_path / "run"
     run.mkdir()
     dead = _dead_pid()
-    (run / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": dead}))
-    with run_dir_lock(run) as lock:
-        assert json.loads(lock.read_text())["pid"] == os.getpid()
-    assert not (run / LOCK).exists()
-    (run / LOCK).write_text(json.dumps({"host": "some-other-host", "pid": dead}))
-    with pytest.raises(MeerkatInputError, match=rf"in use by process {dead} on some-other-host"):
-        with run_dir_lock(run):
-            pass  # pragma: no cover
-    assert json.loads((run / LOCK).read_text())["host"] == "some-other-host"
+    for host in (socket.gethostname(), "some-other-host"):
+        (run / LOCK).write_text(json.dumps({"host": host, "pid": dead}))
+        with run_dir_lock(run) as lock:
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert not (run / LOCK).exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from meerkat_core.rundir import run_dir_lock\n"
+         "with run_dir_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)", str(run)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MeerkatInputError, match=rf"in use by process {holder.pid} on {socket.gethostname()}"):
+            with run_dir_lock(run):
+                pass  # pragma: no cover
+        assert json.loads((run / LOCK).read_text())["pid"] == holder.pid  # the refused attempt left it alone
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_dir_lock(run):  # killed: the OS dropped its lock
+        pass
 
 
 def test_run_training_refuses_a_locked_run_dir(tiny_mask: Path, tiny_partition: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = TrainConfig(model="tiny-llama", mask=str(tiny_mask), partition=str(tiny_partition), task="sentiment2",
                       out=str(out), rounds=1, local_steps=1, clients_per_round=1, lr=1e-2, batch_size=2,
-                      device="cpu", eval_limit=4)
+                      device="cpu", eval=EvalSettings(limit=4))
     with run_dir_lock(out):  # another job holds it (this process plays both)
         with pytest.raises(MeerkatInputError, match="in use by process"):
             run_training(cfg)

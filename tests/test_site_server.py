@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from meerkat_core.errors import MeerkatError, MeerkatInputError
-from meerkat_core.fed.config import TrainConfig
+from meerkat_core.config.train import EvalSettings, TrainConfig
 from meerkat_core.fed.protocol import ClientReply
 from meerkat_core.flower.site_link import SiteLink
 from tests.conftest import run_cli
@@ -42,7 +42,7 @@ def test_site_server_handshake_and_round_equal_the_in_process_client(
 
     cfg = TrainConfig(model="tiny-llama", mask=str(tiny_mask), partition=str(tiny_partition), task="sentiment2",
                       out=str(tmp_path / "unused"), rounds=2, local_steps=2, clients_per_round=4, lr=1e-2,
-                      batch_size=4, eval_limit=8, device="cpu")
+                      batch_size=4, eval=EvalSettings(limit=8), device="cpu")
     fed = build_federation(cfg)
     setup = client_setup(fed).to_dict()
     client = min(fed.clients)

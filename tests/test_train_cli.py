@@ -181,7 +181,7 @@ def test_classification_loss_runs_and_is_recorded(tiny_mask: Path, tiny_partitio
 
 def test_train_refuses_a_run_dir_in_use(finished_run: tuple[Path, dict], tiny_mask: Path, tiny_partition: Path) -> None:
     """`meerkat train --resume` on a run another live process holds: one-line error, exit 2, run untouched."""
-    from meerkat_core.fed.run_lock import LOCK, run_dir_lock
+    from meerkat_core.rundir import LOCK, run_dir_lock
 
     out = finished_run[0]
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}

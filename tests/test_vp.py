@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from meerkat_core.fed.config import TrainConfig
+from meerkat_core.config.train import TrainConfig
 from meerkat_core.fed.policy import UniformPolicy
+from meerkat_core.fed.training import check_config
 from meerkat_core.fed.vp import VPPolicy
 from meerkat_core.gradip import Trajectory, make_classifier, register_classifier
 from tests.conftest import run_cli
@@ -84,13 +85,13 @@ def test_config_validates_the_vp_options() -> None:
     from meerkat_core.errors import MeerkatInputError
 
     base = dict(model="m", mask="x.mask", partition="p", task="t", out="o", algorithm="meerkat-vp")
-    TrainConfig(**base).validate()
+    check_config(TrainConfig.from_dict(base))
     for bad, match in (({"vp_control": "sometimes"}, "--vp-control"), ({"vp_classifier": "nope"}, "--vp-classifier"),
                        ({"vp_initial_frac": 0.6, "vp_later_frac": 0.6}, "--vp-initial-frac"),
                        ({"vp_rho_quie": 1.5}, "--vp-rho-quie"), ({"mask": "all"}, "sparse mask")):
         with pytest.raises(MeerkatInputError, match=match):
-            TrainConfig(**{**base, **bad}).validate()
-    policy = VPPolicy.from_config(TrainConfig(**{**base, "vp_rho_later": 4.0, "vp_control": "random"}))
+            check_config(TrainConfig.from_dict({**base, **bad}))
+    policy = VPPolicy.from_config(TrainConfig.from_dict({**base, "vp_rho_later": 4.0, "vp_control": "random"}))
     assert policy.classifier.thresholds()["rho_later"] == 4.0 and policy.control == "random"
 
 
@@ -127,7 +128,7 @@ def _cfg(mask: Path, part: Path, out: Path, **kw) -> TrainConfig:
                 local_steps=4, clients_per_round=3, lr=1e-2, eps=1e-3, batch_size=2, device="cpu", eval_limit=8,
                 algorithm="meerkat-vp", vp_calibration_steps=6, vp_classifier="test-ids", seed=1)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 def _ledger(out: Path) -> list[dict]:

@@ -6,7 +6,7 @@ import math
 
 from meerkat_core.errors import MeerkatInputError
 
-SCHEDULES = ("constant", "linear", "cosine")
+from meerkat_core.config.choices import SCHEDULES
 
 
 def lr_at(schedule: str, lr: float, round_: int, rounds: int) -> float:

@@ -15,8 +15,10 @@ from typing import Sequence
 import torch
 
 from meerkat_core.fed.policy import RoundPolicy, UniformPolicy
+from meerkat_core.fed.schedule import lr_at
 from meerkat_core.fed.protocol import ClientReply, HistoryEntry, RoundInstruction
 from meerkat_core.fed.state import apply_history, state_crc
+from meerkat_core.gradip.compute import step_gradip
 from meerkat_core.zo import derive_key, replay, update_coef
 from meerkat_core.zo.update import add_scaled
 
@@ -69,10 +71,7 @@ class ZOServer:
         gbar: torch.Tensor | None = None,
         policy: RoundPolicy | None = None,
     ) -> None:
-        from meerkat_core.fed.schedule import lr_at
-
         self.cfg = config
-        self._lr_at = lr_at
         self.x = x0.clone()
         self.round = 0  # rounds completed; self.x is the state after it
         self.client_sizes = dict(client_sizes)
@@ -85,7 +84,7 @@ class ZOServer:
 
     # -- planning ---------------------------------------------------------------------------------
     def lr_for(self, round_: int) -> float:
-        return self._lr_at(self.cfg.schedule, self.cfg.lr, round_, self.cfg.rounds)
+        return lr_at(self.cfg.schedule, self.cfg.lr, round_, self.cfg.rounds)
 
     def sample_clients(self, round_: int) -> list[int]:
         return self.policy.participants(round_, sorted(self.client_sizes))
@@ -133,10 +132,7 @@ class ZOServer:
                 add_scaled(self.x, z, coef)
                 updates.append(HistoryEntry(keys[t], coef))
                 if self.gbar is not None:
-                    dot = float(torch.dot(self.gbar, z))
-                    gradip[t] = g * dot
-                    denom = self._gbar_norm * float(z.norm())
-                    cosine[t] = (1.0 if g >= 0 else -1.0) * dot / denom if denom > 0 else 0.0
+                    gradip[t], cosine[t] = step_gradip(g, self.gbar, self._gbar_norm, z)
 
             end = replay(x_start, keys, reply.gs, instr.lr, callback=on_step)
             skipped = sum(1 for g in reply.gs if update_coef(instr.lr, g) is None)

@@ -18,10 +18,12 @@ import meerkat_core
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.fed.checkpoint import save_checkpoint
 from meerkat_core.fed.client import ClientRuntime, ZOClient
-from meerkat_core.fed.config import TrainConfig
+from meerkat_core.config.train import TrainConfig
+from meerkat_core.fed.policy import UniformPolicy
 from meerkat_core.fed.protocol import ClientReply, RoundInstruction
-from meerkat_core.fed.rundir import RunDir
+from meerkat_core.rundir import RunDir
 from meerkat_core.fed.server import RoundOutcome, ServerConfig, ZOServer
+from meerkat_core.fed.vp import VPPolicy
 from meerkat_core.hashing import sha256_file
 
 
@@ -49,11 +51,7 @@ class Federation:
 def make_policy(cfg: TrainConfig, client_sizes: dict[int, int]) -> Any:
     """The round policy of ``cfg.algorithm``: uniform sampling for meerkat, calibration +
     early stopping for meerkat-vp."""
-    from meerkat_core.fed.policy import UniformPolicy
-
     if cfg.algorithm == "meerkat-vp":
-        from meerkat_core.fed.vp import VPPolicy
-
         return VPPolicy.from_config(cfg, client_sizes)
     return UniformPolicy(cfg.seed, cfg.clients_per_round, cfg.local_steps)
 
@@ -105,7 +103,7 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
             sizes[c] = len(idx)
             if train_enc is not None:
                 clients[c] = ZOClient(c, train_enc.subset(idx), x0)
-    test = data.test if cfg.eval_limit is None else data.test.select(range(min(cfg.eval_limit, len(data.test))))
+    test = data.test if cfg.eval.limit is None else data.test.select(range(min(cfg.eval.limit, len(data.test))))
     test_set = encode_split(loaded.tokenizer, task, test, max_length=cfg.max_length)
     server = ZOServer(
         ServerConfig(
@@ -162,7 +160,7 @@ def evaluate_global(fed: Federation) -> dict[str, Any]:
     fed.runtime.coords.set_values(fed.server.x)
     res = evaluate_encoded(
         fed.loaded.model, fed.test_set, list(fed.task.label_names), fed.runtime.pad_id,
-        batch_size=fed.cfg.eval_batch_size, task=fed.task.name,
+        batch_size=fed.cfg.eval.batch_size, task=fed.task.name,
     )
     return {"accuracy": res.accuracy, "loss": res.mean_loss, "n": res.n, "per_class": res.per_class_accuracy}
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any, Callable
 
+from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.fed.config import TrainConfig
-from meerkat_core.fed.run_lock import LOCK, run_dir_lock
-from meerkat_core.fed.rundir import CHECKPOINTS, RunDir
 from meerkat_core.fed.server import RoundOutcome
 from meerkat_core.fed.state import state_crc
 from meerkat_core.fed.simulator import (
@@ -27,40 +24,32 @@ from meerkat_core.fed.simulator import (
     run_round,
     write_checkpoint,
 )
+from meerkat_core.gradip.classify import make_classifier
+from meerkat_core.gradip.log import GradipLog
+from meerkat_core.rundir import CHECKPOINTS, RunDir, check_run_dir, run_dir_lock
 
 RoundCallback = Callable[[dict[str, Any]], None]
 # One round: (outcome, per-client (bytes_down, bytes_up) of the protocol encodings, extra metrics-row
 # fields). The in-process engine is the default; meerkat_core.flower supplies one that uses Flower.
 RoundRunner = Callable[[Federation, int], tuple[RoundOutcome, dict[int, tuple[int, int]], dict[str, Any]]]
-GRADIP_COLUMNS = ("round", "client", "step", "g", "gradip", "cosine", "loss")
 
 
-def _prepare_run_dir(cfg: TrainConfig) -> RunDir:
-    run = RunDir(Path(cfg.out))
-    if cfg.resume:
-        if not run.exists():
-            raise MeerkatInputError(f"--resume {cfg.out}: not a run directory (no config.json); drop --resume to start")
-        previous = TrainConfig.from_dict(run.read_config().get("train", {}))
-        cfg.check_resumable(previous, cfg.out)
-    elif run.path.exists() and any(p.name != LOCK for p in run.path.iterdir()):
-        raise MeerkatInputError(f"--out {cfg.out}: exists and is not empty; pass --resume to continue it or choose another path")
-    return run
-
-
-def check_run_dir(cfg: TrainConfig) -> None:
-    """The --out / --resume checks of ``run_training``, writing nothing (for engines that start elsewhere)."""
-    _prepare_run_dir(cfg)
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg.validate()`` plus what needs the registries (the Meerkat-vp classifier's name)."""
+    cfg.validate()
+    make_classifier(cfg.vp.classifier, cfg.vp.classifier_params())  # an unknown name is an input error
+    return cfg
 
 
 def _should_eval(cfg: TrainConfig, r: int) -> bool:
-    return r == cfg.rounds or (cfg.eval_every > 0 and r % cfg.eval_every == 0)
+    return r == cfg.rounds or (cfg.eval.every > 0 and r % cfg.eval.every == 0)
 
 
 def _should_checkpoint(cfg: TrainConfig, r: int) -> bool:
-    return r == cfg.rounds or (cfg.checkpoint_every > 0 and r % cfg.checkpoint_every == 0)
+    return r == cfg.rounds or (cfg.checkpoint.every > 0 and r % cfg.checkpoint.every == 0)
 
 
-def _restore(fed: Federation, run: RunDir) -> tuple[int, list[dict[str, Any]], dict[str, list[Any]]]:
+def _restore(fed: Federation, run: RunDir) -> tuple[int, list[dict[str, Any]], GradipLog]:
     clients, rounds, committed = run.read_ledger()
     run.truncate_ledger(committed)
     done = max(rounds) if rounds else 0
@@ -70,9 +59,7 @@ def _restore(fed: Federation, run: RunDir) -> tuple[int, list[dict[str, Any]], d
         fed.server.restore_round(r, clients[r])
     fed.server.policy.restore(rounds)
     metrics = [m for m in run.read_metrics() if int(m.get("round", 0)) <= done]
-    cols = run.read_gradip()
-    keep = [i for i, r in enumerate(cols.get("round", [])) if r <= done]
-    gradip = {c: [cols[c][i] for i in keep] for c in GRADIP_COLUMNS} if cols else {c: [] for c in GRADIP_COLUMNS}
+    gradip = GradipLog.read_until(run.path, done)
     for p in (run.path / CHECKPOINTS).glob("round-*.safetensors"):
         if int(p.stem.split("-")[1]) > done:
             p.unlink()
@@ -91,8 +78,8 @@ def run_training(
     """Run (or resume) a federated training job; returns the summary written to summary.json.
 
     The run directory is locked for the whole job (``run_lock``): a second process on it is refused."""
-    cfg.validate()
-    run = _prepare_run_dir(cfg)
+    check_config(cfg)
+    run = check_run_dir(cfg)
     with run_dir_lock(run.path):
         return _train_locked(cfg, run, on_round, on_event, build, round_runner)
 
@@ -113,8 +100,8 @@ def _train_locked(
         say(f"resuming after round {done} of {cfg.rounds}")
     else:
         run.path.mkdir(parents=True, exist_ok=True)
-        done, metrics, gradip = 0, [], {c: [] for c in GRADIP_COLUMNS}
-    run.write_config({"train": cfg.to_dict(), "provenance": fed.provenance})
+        done, metrics, gradip = 0, [], GradipLog()
+    run.write_config(cfg, fed.provenance)
     if done == 0 and not metrics:
         say("evaluating the starting point")
         ev = evaluate_global(fed)
@@ -130,10 +117,8 @@ def _train_locked(
             rec = client_record(o, wire[o.client])
             rec["round"] = r
             records.append(rec)
-            for t in range(len(o.gs)):
-                for col, val in zip(GRADIP_COLUMNS, (r, o.client, t, o.gs[t], o.gradip[t], o.cosine[t], o.losses[t])):
-                    gradip[col].append(val)
-        run.write_gradip(gradip, {"run_seed": str(cfg.seed), "mask_sha256": fed.provenance["mask_sha256"]})
+            gradip.add_client_round(r, o)
+        gradip.write(run.path, cfg.seed, fed.provenance["mask_sha256"])
         losses = [v for o in outcome.clients for v in o.losses if math.isfinite(v)]
         row: dict[str, Any] = {
             "round": r,

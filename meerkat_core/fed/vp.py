@@ -19,13 +19,14 @@ import math
 import random
 from typing import Any, Sequence
 
+from meerkat_core.config.choices import VP_CONTROLS
 from meerkat_core.fed.policy import UniformPolicy
-from meerkat_core.gradip.classify import Classifier, classify_all, make_classifier, margins, params_from_config
+from meerkat_core.config.train import TrainConfig
+from meerkat_core.gradip.classify import Classifier, classify_all, make_classifier, margins
 from meerkat_core.gradip.trajectories import Trajectory
 from meerkat_core.zo import derive_key
 
 CALIBRATION_ROUND = 1
-CONTROLS = ("none", "random")
 
 
 def _finite(v: float) -> float | None:
@@ -43,8 +44,8 @@ class VPPolicy:
         classifier: Classifier,
         control: str = "none",
     ) -> None:
-        if control not in CONTROLS:
-            raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+        if control not in VP_CONTROLS:
+            raise ValueError(f"control must be one of {VP_CONTROLS}, got {control!r}")
         self.seed = seed
         self.uniform = UniformPolicy(seed, clients_per_round, local_steps)
         self.local_steps = local_steps
@@ -57,12 +58,12 @@ class VPPolicy:
         self.decided = False
 
     @classmethod
-    def from_config(cls, cfg: Any, client_sizes: dict[int, int] | None = None) -> "VPPolicy":
+    def from_config(cls, cfg: TrainConfig, client_sizes: dict[int, int] | None = None) -> "VPPolicy":
+        vp = cfg.vp
         return cls(
             seed=cfg.seed, clients_per_round=cfg.clients_per_round, local_steps=cfg.local_steps,
-            calibration_steps=cfg.vp_calibration_steps, stopped_steps=cfg.vp_stopped_steps,
-            classifier=make_classifier(getattr(cfg, "vp_classifier", "rho"), params_from_config(cfg)),
-            control=getattr(cfg, "vp_control", "none"),
+            calibration_steps=vp.calibration_steps, stopped_steps=vp.stopped_steps,
+            classifier=make_classifier(vp.classifier, vp.classifier_params()), control=vp.control,
         )
 
     # -- RoundPolicy

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Mapping
 
 import meerkat_core
-from meerkat_core.fed.config import TrainConfig
+from meerkat_core.config.train import TrainConfig
 from meerkat_core.flower.run_config import Scalar, defaults, from_run_config, to_run_config, toml_lines
 
 SETTINGS_PREFIX = "flower."

@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterator
 
 from meerkat_core.atomic import write_json_atomic, write_text_atomic
 from meerkat_core.errors import MeerkatError, MeerkatInputError
-from meerkat_core.fed.config import TrainConfig
-from meerkat_core.fed.rundir import METRICS, RunDir
+from meerkat_core.config.train import TrainConfig
+from meerkat_core.rundir import METRICS, RunDir, check_run_dir
 from meerkat_core.flower import INSTALL_LINE
 from meerkat_core.flower.app_config import FlowerSettings, run_config_for, write_app_dir
 from meerkat_core.flower.result import read_result
@@ -305,7 +305,7 @@ def run_flower_training(
     engine's wire totals ``flower_bytes_up`` / ``flower_bytes_down`` of this invocation)."""
     from dataclasses import replace
 
-    from meerkat_core.fed.training import check_run_dir
+    from meerkat_core.fed.training import check_config
     from meerkat_core.flower import require_flwr
     from meerkat_core.partition import load_partition
 
@@ -315,7 +315,7 @@ def run_flower_training(
         raise MeerkatInputError(f"Flower mode {options.mode}: expected one of {', '.join(MODES)}")
     if options.mode == "superlink" and not options.superlink:
         raise MeerkatInputError("--superlink: give the SuperLink's address (host:port)")
-    cfg.validate()
+    check_config(cfg)
     check_run_dir(cfg)  # bad --out / --resume fail here, before anything starts
     num_supernodes = load_partition(cfg.partition).num_clients
     say = on_event or (lambda msg: None)

@@ -1,5 +1,10 @@
-"""GradIP (METHOD.md sections 4-5): trajectories of a run, their statistics, the pluggable
-classifier of Meerkat-vp, an independent recomputation from the ledger, and the inspect report."""
+"""GradIP (METHOD.md sections 4-5), one home for it: the per-step computation (``compute``), the
+file and its columns (``file``), a run's trajectories (``trajectories``), their statistics (``stats``),
+the pluggable classifier of Meerkat-vp (``classify``), an independent recomputation from the ledger
+(``recompute``), and the inspect report and plot (``report``, ``plot``).
+
+Only the light modules are re-exported here (numpy, no torch): ``meerkat --help`` lists the classifiers.
+"""
 
 from meerkat_core.gradip.classify import (
     DEFAULT_CLASSIFIER,
@@ -9,14 +14,14 @@ from meerkat_core.gradip.classify import (
     classify_all,
     make_classifier,
     margins,
-    params_from_config,
     register_classifier,
 )
-from meerkat_core.gradip.recompute import mask_gbar, recompute_record, recompute_records, recompute_run
 from meerkat_core.gradip.stats import decay_statistics, phase_slices
-from meerkat_core.gradip.trajectories import GRADIP_FILE, RunTrajectories, Trajectory, load_trajectories
+from meerkat_core.gradip.file import COLUMNS, GRADIP_FILE
+from meerkat_core.gradip.trajectories import RunTrajectories, Trajectory, load_trajectories
 
 __all__ = [
+    "COLUMNS",
     "DEFAULT_CLASSIFIER",
     "GRADIP_FILE",
     "Classifier",
@@ -29,11 +34,6 @@ __all__ = [
     "load_trajectories",
     "make_classifier",
     "margins",
-    "mask_gbar",
-    "params_from_config",
     "phase_slices",
-    "recompute_record",
-    "recompute_records",
-    "recompute_run",
     "register_classifier",
 ]

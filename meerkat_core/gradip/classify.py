@@ -17,17 +17,20 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
+from meerkat_core.config.train import VPSettings
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.gradip.stats import decay_statistics
 from meerkat_core.gradip.trajectories import Trajectory
 
-# Defaults of the "rho" classifier (docs/GRADIP.md explains them and gives the measured margins).
-DEFAULT_INITIAL_FRAC = 0.3
-DEFAULT_LATER_FRAC = 0.5
-DEFAULT_QUIET_FACTOR = 0.3
-DEFAULT_RHO_LATER = 2.0
-DEFAULT_RHO_QUIE = 0.5
-DEFAULT_CLASSIFIER = "rho"
+# Defaults of the "rho" classifier: those of `meerkat train`'s --vp-* settings, declared once in
+# VPSettings (docs/GRADIP.md explains them and gives the measured margins).
+_VP = VPSettings()
+DEFAULT_INITIAL_FRAC = _VP.initial_frac
+DEFAULT_LATER_FRAC = _VP.later_frac
+DEFAULT_QUIET_FACTOR = _VP.quiet_factor
+DEFAULT_RHO_LATER = _VP.rho_later
+DEFAULT_RHO_QUIE = _VP.rho_quie
+DEFAULT_CLASSIFIER = _VP.classifier
 
 
 @runtime_checkable
@@ -140,18 +143,6 @@ class NeverClassifier(DecayClassifier):
 @register_classifier("none")
 def _never(params: Mapping[str, Any]) -> Classifier:
     return NeverClassifier(**_decay_params(params))
-
-
-def params_from_config(cfg: Any) -> dict[str, Any]:
-    """The classifier params of a TrainConfig (or of its dict form, e.g. a run's config.json)."""
-    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
-    return {
-        "initial_frac": get("vp_initial_frac", DEFAULT_INITIAL_FRAC),
-        "later_frac": get("vp_later_frac", DEFAULT_LATER_FRAC),
-        "quiet_factor": get("vp_quiet_factor", DEFAULT_QUIET_FACTOR),
-        "rho_later": get("vp_rho_later", DEFAULT_RHO_LATER),
-        "rho_quie": get("vp_rho_quie", DEFAULT_RHO_QUIE),
-    }
 
 
 def classify_all(clf: Classifier, trajectories: Mapping[int, Trajectory]) -> tuple[dict[int, dict[str, float]], list[int]]:

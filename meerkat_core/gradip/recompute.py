@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 from meerkat_core.errors import MeerkatInputError
+from meerkat_core.gradip.compute import gradip_of
+from meerkat_core.mask import load_mask
+from meerkat_core.rundir import RunDir
 from meerkat_core.zo import derive_key, normal, update_coef
 
 
@@ -37,7 +40,7 @@ def recompute_record(record: dict[str, Any], gbar: torch.Tensor, dtype: torch.dt
         if update_coef(lr, g) is None:
             continue
         z = normal(derive_key(seed, r, c, t), gb.numel(), dtype=torch.float32).to(dtype)
-        out[t] = g * float(torch.dot(gb, z))
+        out[t] = gradip_of(g, gb, z)
     return out
 
 
@@ -50,9 +53,6 @@ def recompute_records(
 def recompute_run(run_dir: str | Path, mask_path: str | Path | None = None,
                   dtype: torch.dtype = torch.float32) -> dict[tuple[int, int], np.ndarray]:
     """Recompute every committed (round, client) GradIP trajectory of a run from its ledger."""
-    from meerkat_core.fed.rundir import RunDir
-    from meerkat_core.mask import load_mask
-
     run = RunDir(Path(run_dir))
     cfg = run.read_config()
     path = mask_path or cfg.get("provenance", {}).get("mask_path") or cfg.get("train", {}).get("mask")

@@ -15,9 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.gradip.classify import Classifier, make_classifier, margins, params_from_config
+from meerkat_core.gradip.classify import Classifier, make_classifier, margins
 from meerkat_core.gradip.trajectories import RunTrajectories, Trajectory, load_trajectories
+from meerkat_core.partition import load_partition
+from meerkat_core.rundir import RunDir
 
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -129,27 +132,22 @@ def finite_json(obj: Any) -> Any:
     return obj
 
 
-def _partition(train_cfg: dict[str, Any], notes: list[str]) -> Any | None:
-    path = train_cfg.get("partition")
-    if not path:
+def _partition(train_cfg: TrainConfig, notes: list[str]) -> Any | None:
+    if not train_cfg.partition:
         return None
     try:
-        from meerkat_core.partition import load_partition
-
-        return load_partition(path)
+        return load_partition(train_cfg.partition)
     except MeerkatInputError as exc:
         notes.append(f"partition not used ({' '.join(str(exc).split())})")
         return None
 
 
-def run_classifier(train_cfg: dict[str, Any], name: str | None = None) -> Classifier:
-    return make_classifier(name or train_cfg.get("vp_classifier", "rho"), params_from_config(train_cfg))
+def run_classifier(train_cfg: TrainConfig, name: str | None = None) -> Classifier:
+    return make_classifier(name or train_cfg.vp.classifier, train_cfg.vp.classifier_params())
 
 
 def build_report(run_dir: str | Path, round_: int | None = None, client: int | None = None,
                  classifier: str | None = None) -> Report:
-    from meerkat_core.fed.rundir import RunDir
-
     run = RunDir(Path(run_dir))
     if not run.path.is_dir():
         raise MeerkatInputError(f"run {run.path}: no such directory")
@@ -161,8 +159,8 @@ def build_report(run_dir: str | Path, round_: int | None = None, client: int | N
             f"run {run.path} has no GradIP trajectories (every value is nan: trained with --mask all, so the "
             "server holds no pre-training gradient)"
         )
-    train_cfg = run.read_config().get("train", {})
-    algorithm = str(train_cfg.get("algorithm", "meerkat"))
+    train_cfg = run.train_config()
+    algorithm = train_cfg.algorithm
     rounds = trajs.rounds()
     r = rounds[0] if round_ is None else round_
     if r not in rounds:

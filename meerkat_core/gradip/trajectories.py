@@ -1,10 +1,5 @@
-"""Reading a run's GradIP trajectories (``gradip.safetensors``, written by ``meerkat train``).
-
-The file is columnar: one row per (round, client, local step) with the columns of
-``meerkat_core.fed.training.GRADIP_COLUMNS``: ``round``, ``client``, ``step`` (int32) and ``g``,
-``gradip``, ``cosine``, ``loss`` (float64). A skipped step (non-finite g) has ``gradip = nan``.
-Every problem (missing, truncated, wrong columns) is a one-line ``MeerkatInputError``.
-"""
+"""A run's GradIP trajectories per (round, client), read from ``gradip.safetensors`` (its format:
+``meerkat_core.gradip.file``)."""
 
 from __future__ import annotations
 
@@ -15,11 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from meerkat_core.errors import MeerkatInputError
-
-GRADIP_FILE = "gradip.safetensors"
-INT_COLUMNS = ("round", "client", "step")
-FLOAT_COLUMNS = ("g", "gradip", "cosine", "loss")
-FORMAT = "meerkat.gradip"
+from meerkat_core.gradip.file import GRADIP_FILE, bad_file, read_columns
 
 
 @dataclass(frozen=True)
@@ -75,38 +66,6 @@ class RunTrajectories:
         return any(np.isfinite(t.gradip).any() for t in self.items.values())
 
 
-def _bad(path: Path, why: str) -> MeerkatInputError:
-    return MeerkatInputError(f"{path}: {why}; re-run `meerkat train --resume` on the run to rewrite it")
-
-
-def read_columns(path: Path) -> dict[str, np.ndarray]:
-    """The file's columns as numpy arrays, checked (names, dtypes, equal lengths, format tag)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as fh:
-            meta = fh.metadata() or {}
-            cols = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types (and OSError) for bad files
-        why = " ".join(str(exc).split()) or type(exc).__name__
-        raise _bad(path, f"corrupt or truncated GradIP file ({why})") from None
-    if meta.get("format", FORMAT) != FORMAT:
-        raise _bad(path, f"not a GradIP file (format {meta.get('format')!r})")
-    missing = [c for c in INT_COLUMNS + FLOAT_COLUMNS if c not in cols]
-    if missing:
-        raise _bad(path, f"corrupt GradIP file (missing column {missing[0]!r})")
-    lengths = {c: cols[c].shape for c in INT_COLUMNS + FLOAT_COLUMNS}
-    if len(set(lengths.values())) != 1 or len(next(iter(lengths.values()))) != 1:
-        raise _bad(path, f"corrupt GradIP file (columns of unequal shapes {sorted(set(lengths.values()))})")
-    for c in INT_COLUMNS:
-        if cols[c].dtype.kind not in "iu":
-            raise _bad(path, f"corrupt GradIP file (column {c!r} is {cols[c].dtype}, expected int32)")
-    for c in FLOAT_COLUMNS:
-        if cols[c].dtype.kind != "f":
-            raise _bad(path, f"corrupt GradIP file (column {c!r} is {cols[c].dtype}, expected float64)")
-    return {c: cols[c] for c in INT_COLUMNS + FLOAT_COLUMNS}
-
-
 def load_trajectories(run_dir: str | Path) -> RunTrajectories:
     """Every (round, client) trajectory of the run in ``run_dir``, steps in order."""
     run = Path(run_dir)
@@ -129,7 +88,7 @@ def load_trajectories(run_dir: str | Path) -> RunTrajectories:
     for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(keys)]):
         steps = cols["step"][lo:hi]
         if not np.array_equal(steps, np.arange(hi - lo)):
-            raise _bad(path, f"corrupt GradIP file (round {keys[lo, 0]} client {keys[lo, 1]} has steps out of sequence)")
+            raise bad_file(path, f"corrupt GradIP file (round {keys[lo, 0]} client {keys[lo, 1]} has steps out of sequence)")
         r, c = int(keys[lo, 0]), int(keys[lo, 1])
         items[(r, c)] = Trajectory(
             r, c, *(cols[name][lo:hi].astype(np.float64) for name in ("gradip", "g", "cosine", "loss"))

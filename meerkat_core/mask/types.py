@@ -8,9 +8,10 @@ from typing import Any, Iterator
 
 import torch
 
+from meerkat_core.config.choices import MASK_METHODS as METHODS
+from meerkat_core.config.mask import validate_density
 from meerkat_core.errors import MeerkatInputError
 
-METHODS = ("sensitivity", "random", "magnitude")
 FORMAT = "meerkat.mask"
 FORMAT_VERSION = "1"
 
@@ -106,17 +107,6 @@ class Mask:
             "corpus_sha256": m.corpus_sha256,
             "n_tokens": m.n_tokens,
         }
-
-
-def validate_density(density: float) -> float:
-    """``density`` must be a number in (0, 1]."""
-    try:
-        value = float(density)
-    except (TypeError, ValueError):
-        raise MeerkatInputError(f"--density {density!r}: expected a number in (0, 1], e.g. 1e-3") from None
-    if not (0.0 < value <= 1.0):  # also rejects NaN
-        raise MeerkatInputError(f"--density {density}: must be in (0, 1] (a fraction of the weights, e.g. 1e-3)")
-    return value
 
 
 def validate_method(method: str) -> str:

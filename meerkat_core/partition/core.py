@@ -29,11 +29,11 @@ from flwr_datasets.partitioner import (
     PathologicalPartitioner,
 )
 
+from meerkat_core.config.choices import SCHEMES
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.partition.mixed import MixedPartitioner
 
 Scheme = Literal["iid", "dirichlet", "pathological", "mixed"]
-SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "pathological", "mixed")
 
 #: Pathological label assignment (flwr's ``class_assignment_mode``); "first-deterministic" gives
 #: partition ``i`` label ``i % C`` first, so every label is used whenever ``N >= C``.

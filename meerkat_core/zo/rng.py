@@ -6,6 +6,10 @@ Element ``i`` of the stream depends only on ``(key, i)``: any slice can be drawn
 generation of huge vectors, a server replaying one client step), and the result does not depend on
 the chunking, the thread count or the device.
 
+Why our own generator: no library gives one. ``torch.Generator`` streams differ between CPU and CUDA
+(and between torch versions), and numpy's ``Philox`` bit generator runs on the CPU only; the server,
+every client and a resumed run must draw the same z bit for bit on whatever device each has.
+
 Construction
 ------------
 * Uniform bits: Philox4x32-10 (Salmon et al., SC'11; the generator behind cuRAND and torch's CUDA

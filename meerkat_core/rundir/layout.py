@@ -1,4 +1,6 @@
-"""The run directory: config, append-only ledger, metrics, GradIP trajectories, checkpoints, summary.
+"""The run directory's files: configuration, append-only ledger, metrics, checkpoints, summary.
+
+(The GradIP trajectories, ``gradip.safetensors``, are GradIP's own format: ``meerkat_core.gradip.file``.)
 
 ``ledger.jsonl`` is the source of truth. Each round is appended as one block (one line per
 participating client, then a ``{"type": "round"}`` line that commits it) with a single write and an
@@ -13,17 +15,15 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-import torch
-from safetensors.torch import load_file
-
 from meerkat_core.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from meerkat_core.config.settings import config_toml
+from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.st_bytes import safetensors_bytes
 
 CONFIG = "config.json"
+CONFIG_TOML = "config.toml"  # the resolved TrainConfig: `meerkat train --config RUN/config.toml` re-runs it
 LEDGER = "ledger.jsonl"
 METRICS = "metrics.jsonl"
-GRADIP = "gradip.safetensors"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 RUN_FORMAT = "meerkat.run"
@@ -55,8 +55,19 @@ class RunDir:
         except (OSError, ValueError) as exc:
             raise MeerkatInputError(f"run directory {self.path}: unreadable {CONFIG} ({exc})") from None
 
-    def write_config(self, config: dict[str, Any]) -> None:
-        write_json_atomic(self.file(CONFIG), {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **config})
+    def train_config(self) -> TrainConfig:
+        """The TrainConfig the run was made with (from config.json, which every run since format 1 has)."""
+        raw = self.read_config().get("train")
+        if not isinstance(raw, dict):
+            raise MeerkatInputError(f"run directory {self.path}: {CONFIG} has no \"train\" settings; the run is damaged")
+        return TrainConfig.from_dict(raw, f"run directory {self.path}: {CONFIG}")
+
+    def write_config(self, cfg: TrainConfig, provenance: dict[str, Any]) -> None:
+        """``config.json`` (flat settings + provenance: what --resume, `gradip inspect` and older tools
+        read) and ``config.toml`` (the same settings nested, re-runnable with ``--config``)."""
+        write_json_atomic(self.file(CONFIG), {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
+                                              "train": cfg.to_dict(), "provenance": provenance})
+        write_text_atomic(self.file(CONFIG_TOML), config_toml(cfg, "train", provenance))
 
     # -- ledger
     def read_ledger(self) -> tuple[dict[int, list[dict[str, Any]]], dict[int, dict[str, Any]], int]:
@@ -120,22 +131,6 @@ class RunDir:
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         write_text_atomic(self.file(METRICS), "".join(_json_line(r) for r in rows))
-
-    # -- GradIP trajectories (columnar)
-    def write_gradip(self, columns: dict[str, list[float] | list[int]], meta: dict[str, str]) -> None:
-        tensors = {
-            name: torch.tensor(vals, dtype=torch.int32 if name in ("round", "client", "step") else torch.float64)
-            for name, vals in columns.items()
-        }
-        md = {"format": "meerkat.gradip", "format_version": "1", **meta}
-        write_bytes_atomic(self.file(GRADIP), safetensors_bytes(tensors, md))
-
-    def read_gradip(self) -> dict[str, list[float]]:
-        path = self.file(GRADIP)
-        if not path.exists():
-            return {}
-        t = load_file(str(path))
-        return {k: v.tolist() for k, v in t.items()}
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.file(SUMMARY), _finite(summary))

@@ -1,0 +1,163 @@
+"""meerkat's library API: one function per command, each taking that command's configuration.
+
+Every ``meerkat`` command parses its flags (or ``--config FILE.toml``) into the configuration below,
+calls ONE of these functions and renders what it returns; a notebook or a sweep script does the same
+without the CLI and gets the same files::
+
+    from meerkat_core import api
+    from meerkat_core.config import MaskConfig, PartitionConfig, TrainConfig, EvalSettings
+
+    api.make_mask(MaskConfig(model="tiny-llama", out="mask.safetensors", samples=8, seq_len=32))
+    api.make_partition(PartitionConfig(task="sentiment2", clients=4, scheme="dirichlet", out="part"))
+    run = api.train(TrainConfig(model="tiny-llama", mask="mask.safetensors", partition="part", out="run",
+                                rounds=3, eval=EvalSettings(limit=16)))
+    print(run.final_accuracy)
+
+=================  =====================  ==================================================
+function           configuration          writes / returns
+=================  =====================  ==================================================
+``make_mask``      ``MaskConfig``         ``cfg.out`` (mask .safetensors) / ``MaskMade``
+``make_partition`` ``PartitionConfig``    ``cfg.out``/manifest.json (+ ``cfg.plot``) / ``PartitionMade``
+``train``          ``TrainConfig``        the run directory ``cfg.out`` / ``TrainResult``
+``evaluate``       ``EvalConfig``         nothing / ``Evaluation``
+``export``         ``ExportConfig``       an HF model directory ``cfg.out`` / ``Exported``
+``inspect_gradip`` ``InspectConfig``      ``cfg.plot`` when set / ``Report``
+=================  =====================  ==================================================
+
+Bad input of any kind raises ``meerkat_core.errors.MeerkatInputError`` (one line, naming the input and
+the fix) before anything is written. Long work reports through optional callbacks: ``progress(done,
+total, description)`` and ``on_event(message)``; ``train`` also calls ``on_round(row)`` with each
+row it appends to ``metrics.jsonl`` (round 0 is the starting point's evaluation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from meerkat_core.config import EvalConfig, ExportConfig, InspectConfig, MaskConfig, PartitionConfig, TrainConfig
+from meerkat_core.encoding import encode_split
+from meerkat_core.engines import run_engine
+from meerkat_core.evaluation import EvalResult, evaluate_encoded
+from meerkat_core.fed.checkpoint import apply_checkpoint
+from meerkat_core.fed.export import export_run
+from meerkat_core.gradip.plot import plot_report
+from meerkat_core.gradip.report import Report, build_report
+from meerkat_core.mask.make import MaskMade
+from meerkat_core.mask.make import make_mask as _make_mask
+from meerkat_core.models import load_model
+from meerkat_core.partition.make import PartitionMade
+from meerkat_core.partition.make import make_partition as _make_partition
+from meerkat_core.tasks import get_task, load_task_data
+
+ProgressFn = Callable[[int, "int | None", str], None]
+EventFn = Callable[[str], None]
+RoundFn = Callable[[dict[str, Any]], None]
+
+__all__ = [
+    "Evaluation", "Exported", "MaskMade", "PartitionMade", "Report", "TrainResult",
+    "evaluate", "export", "inspect_gradip", "make_mask", "make_partition", "train",
+]
+
+
+def make_mask(cfg: MaskConfig, progress: ProgressFn | None = None, on_event: EventFn | None = None) -> MaskMade:
+    """``meerkat mask``: backprop calibration text through ``cfg.model``, keep the global top-k weights
+    (``cfg.density``), write the mask to ``cfg.out``. Returns the mask, its file size and statistics."""
+    return _make_mask(cfg, progress=progress, on_event=on_event)
+
+
+def make_partition(cfg: PartitionConfig, on_event: EventFn | None = None) -> PartitionMade:
+    """``meerkat partition``: split a task's train split (``cfg.task``) or local files (``cfg.data``) over
+    ``cfg.clients`` clients; write ``cfg.out/manifest.json`` (and the heatmap ``cfg.plot``)."""
+    return _make_partition(cfg, on_event=on_event)
+
+
+@dataclass
+class TrainResult:
+    """A finished (or resumed-to-the-end) run: its directory and ``summary.json``'s contents."""
+
+    run: Path
+    summary: dict[str, Any]
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.summary.get("final_accuracy")
+
+    @property
+    def latest_checkpoint(self) -> Path | None:
+        p = self.summary.get("latest_checkpoint")
+        return None if p is None else Path(p)
+
+
+def train(cfg: TrainConfig, on_round: RoundFn | None = None, on_event: EventFn | None = None) -> TrainResult:
+    """``meerkat train``: federated sparse ZO fine-tuning into the run directory ``cfg.out`` (or, with
+    ``cfg.resume``, continue it), on ``cfg.engine``. The run directory's files are docs/RUN_FORMAT.md."""
+    summary = run_engine(cfg, on_round=on_round, on_event=on_event)
+    return TrainResult(run=Path(cfg.out), summary=summary)
+
+
+@dataclass
+class Evaluation:
+    """``evaluate``'s result: the scores (``EvalResult``), the model and where it ran, the checkpoint."""
+
+    result: EvalResult
+    model: str
+    device: str
+    dtype: str
+    checkpoint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``meerkat eval --json`` prints."""
+        info = {"model": self.model, "device": self.device, "dtype": self.dtype}
+        if self.checkpoint:
+            info["checkpoint"] = self.checkpoint
+        return {**self.result.to_dict(), **info}
+
+
+def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> Evaluation:
+    """``meerkat eval``: accuracy, loss, per-class accuracy and confusion of ``cfg.model`` (with the
+    checkpoint ``cfg.checkpoint`` applied, when given) on ``cfg.task``'s ``cfg.split``."""
+    cfg.validate()
+    spec = get_task(cfg.task)
+    data = load_task_data(spec)
+    ds = data.split(cfg.split)
+    if cfg.limit is not None:
+        ds = ds.select(range(min(cfg.limit, len(ds))))
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    checkpoint = apply_checkpoint(loaded, cfg.checkpoint) if cfg.checkpoint else None
+    enc = encode_split(loaded.tokenizer, spec, ds, max_length=cfg.max_length)
+    result = evaluate_encoded(
+        loaded.model, enc, list(spec.label_names), loaded.tokenizer.pad_token_id,
+        batch_size=cfg.batch_size, progress=progress, task=spec.name, split=cfg.split,
+    )
+    return Evaluation(result=result, model=cfg.model, device=str(loaded.device),
+                      dtype=str(loaded.dtype).replace("torch.", ""), checkpoint=checkpoint)
+
+
+@dataclass
+class Exported:
+    """``export``'s result: which checkpoint went onto which base model, and where the model is."""
+
+    checkpoint: str
+    model: str
+    out: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "model": self.model, "out": self.out}
+
+
+def export(cfg: ExportConfig) -> Exported:
+    """``meerkat export``: write the base model with the run's (latest, or the given) checkpoint applied
+    as a Hugging Face model directory (safetensors) at ``cfg.out``."""
+    info = export_run(cfg.run, cfg.out, model=cfg.model)
+    return Exported(checkpoint=info["checkpoint"], model=info["model"], out=info["out"])
+
+
+def inspect_gradip(cfg: InspectConfig) -> Report:
+    """``meerkat gradip inspect``: per client of one round, the GradIP trajectory statistics, the
+    Meerkat-vp classification and whether the run stopped the client; writes the PNG ``cfg.plot``."""
+    report = build_report(cfg.run, round_=cfg.round, client=cfg.client, classifier=cfg.classifier)
+    if cfg.plot is not None:
+        plot_report(report, cfg.plot)
+    return report
