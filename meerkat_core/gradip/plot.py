@@ -70,7 +70,7 @@ def plot_report(report: Report, path: str | Path) -> Path:
     ax.grid(alpha=0.3, which="both", lw=0.4)
     fig.tight_layout()
     target = Path(path)
-    with atomic_path(target) as tmp:
+    with atomic_path(target, what="--plot") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return target

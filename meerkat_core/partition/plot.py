@@ -60,4 +60,4 @@ def render_heatmap_png(result: PartitionResult, title: str | None = None) -> byt
 
 def write_heatmap(path: str | os.PathLike[str], png: bytes) -> None:
     """Write PNG bytes atomically."""
-    write_bytes_atomic(path, png)
+    write_bytes_atomic(path, png, what="--plot")
