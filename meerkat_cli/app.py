@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 import meerkat_core
-from meerkat_cli.common import new_app
+from meerkat_cli.common import OneLineErrors, new_app
 from meerkat_cli.eval_cmd import eval_command
 from meerkat_cli.gradip_cmd import gradip_app
 from meerkat_cli.info_cmds import models_command, tasks_command
@@ -25,6 +25,7 @@ app = new_app(
     help="Federated fine-tuning of LLMs with sparse zeroth-order optimization (Meerkat, Meerkat-vp).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 
 

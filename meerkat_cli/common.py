@@ -2,20 +2,22 @@
 
 - Logs, warnings and progress bars go to stderr (``err``); tables and JSON go to stdout (``out``).
 - Every command that prints results takes ``--json`` and then prints exactly one JSON document.
-- Bad input (``MeerkatInputError``) becomes ``error: <one line>`` on stderr and exit code 2,
-  with no traceback.
+- Bad input (``MeerkatInputError``, a file-system ``OSError``, a usage error) becomes
+  ``error: <one line>`` on stderr and exit code 2, with no traceback; with ``--json`` stdout also gets
+  ``{"error": "<the line>", "exit_code": 2}``.
+- JSON output is always valid JSON: NaN and infinities are written as null.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import typer
 from rich import filesize
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -28,6 +30,7 @@ from rich.progress import (
 )
 
 from meerkat_core.errors import MeerkatInputError
+from meerkat_core.jsonsafe import dumps_safe
 
 BAD_INPUT_EXIT = 2
 
@@ -50,28 +53,78 @@ def fmt_bytes(n: float) -> str:
     return filesize.decimal(int(n))
 
 
-def fail(message: str) -> typer.Exit:
-    """Print a one-line error and return the Exit to raise (exit code 2)."""
-    first_line = escape(" ".join(str(message).split()))  # a message's "[flower]" is text, not markup
-    err.print(f"[bold red]error:[/] {first_line}", markup=True, highlight=False)
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def fail(message: str, json_out: bool = False) -> typer.Exit:
+    """Print a one-line error (and with ``json_out`` a JSON error object on stdout); return the Exit to
+    raise (exit code 2)."""
+    line = one_line(message)
+    err.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)  # "[flower]" is text
+    if json_out:
+        emit_json({"error": line, "exit_code": BAD_INPUT_EXIT})
     return typer.Exit(code=BAD_INPUT_EXIT)
 
 
+def _os_message(exc: OSError) -> str:
+    from meerkat_core.atomic import os_error
+
+    where = exc.filename if exc.filename is not None else "a file"
+    return str(os_error(where, exc, action="read or write"))
+
+
 @contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn meerkat's input errors into the one-line, exit-2 convention."""
+def cli_errors(json_out: bool = False) -> Iterator[None]:
+    """Turn meerkat's input errors (and the file system's) into the one-line, exit-2 convention."""
     try:
         yield
     except MeerkatInputError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), json_out) from None
+    except OSError as exc:  # a read-only or full disk met somewhere no helper converted it
+        raise fail(_os_message(exc), json_out) from None
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(code=130) from None
 
 
+class OneLineErrors(TyperGroup):
+    """The root command group: Typer's usage errors (a missing option, a bad value) as one line too.
+
+    Typer prints them as a usage line, a hint and the message (or a boxed panel); here they become
+    ``error: <message> (see `meerkat ... --help`)`` on stderr, exit code 2, plus the JSON error object
+    under ``--json``.
+    """
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(args=argv, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except typer.Abort:
+            err.print("aborted")
+            rv = 1
+        except Exception as exc:
+            # Typer >= 0.22 vendors click: its ClickException is known by its interface (Typer itself
+            # tells NoArgsIsHelpError by name), not imported from a private module
+            if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                rv = exc.exit_code  # the help text is already printed
+            else:
+                ctx = getattr(exc, "ctx", None)
+                where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+                fail(f"{exc.format_message()}{where}", json_out="--json" in argv)
+                rv = exc.exit_code
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 def emit_json(obj: Any) -> None:
-    """Print ``obj`` as JSON on stdout (plain, no rich markup)."""
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Print ``obj`` as valid JSON on stdout (plain, no rich markup; NaN/inf as null)."""
+    sys.stdout.write(dumps_safe(obj, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
 
 

@@ -33,7 +33,7 @@ def render_eval(result: Any, title: str) -> list[Table]:
 def _eval(cfg: EvalConfig, json_out: bool) -> None:
     from meerkat_core import api  # torch and transformers: imported when a command runs, not for --help
 
-    with cli_errors(), progress_callback() as progress:
+    with cli_errors(json_out), progress_callback() as progress:
         ev = api.evaluate(cfg, progress=progress)
     if json_out:
         emit_json(ev.to_json())

@@ -81,7 +81,7 @@ def _footer(rep: Any) -> list[str]:
 def _inspect(cfg: InspectConfig, json_out: bool) -> None:
     from meerkat_core import api
 
-    with cli_errors():
+    with cli_errors(json_out):
         rep = api.inspect_gradip(cfg)
     if cfg.plot is not None:
         err.print(f"wrote {cfg.plot}", markup=False)

@@ -9,7 +9,7 @@ from meerkat_cli.common import JsonOption, cli_errors, emit_json, out
 
 def models_command(json_out: bool = JsonOption) -> None:
     """List the built-in models, their parameter counts and where their files are."""
-    with cli_errors():
+    with cli_errors(json_out):
         from meerkat_core.models import builtin_model_info
 
         rows = builtin_model_info()

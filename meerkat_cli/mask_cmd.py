@@ -86,7 +86,7 @@ def _say(message: str) -> None:
 def _mask(cfg: MaskConfig, json_out: bool) -> None:
     from meerkat_core import api  # torch and transformers: imported when a command runs, not for --help
 
-    with cli_errors(), progress_callback() as progress:
+    with cli_errors(json_out), progress_callback() as progress:
         made = api.make_mask(cfg, progress=progress, on_event=_say)
     mask, path = made.mask, made.path
     if json_out:
@@ -110,7 +110,7 @@ def stats_command(
     json_out: bool = JsonOption,
 ) -> None:
     """Where a mask's kept weights are: per module type and per layer."""
-    with cli_errors():
+    with cli_errors(json_out):
         from meerkat_core.mask import load_mask, mask_stats
 
         mask = load_mask(file)
@@ -146,7 +146,7 @@ def compare_command(
     json_out: bool = JsonOption,
 ) -> None:
     """Overlap of two masks of the same model: Jaccard, and the score mass each covers of the other."""
-    with cli_errors():
+    with cli_errors(json_out):
         from meerkat_core.mask import compare_masks, load_mask
 
         cmp = compare_masks(load_mask(a), load_mask(b))

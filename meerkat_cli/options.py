@@ -95,7 +95,7 @@ def config_command(
             if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
                 value = kwargs[info.ident]
                 given[info.path] = list(value) if isinstance(value, (list, tuple)) else value
-        with cli_errors():
+        with cli_errors(bool(extra.get("json_out", False))):
             cfg = load_config_file(cls, path, command, given) if path is not None else build(cls, given)
         run(cfg, **extra)
 

@@ -64,7 +64,7 @@ def render_table(result: "PartitionResult", title: str) -> Table:
 def _partition(cfg: PartitionConfig, json_out: bool) -> None:
     from meerkat_core import api  # datasets and flwr-datasets: imported when a command runs, not for --help
 
-    with cli_errors(), err.status("working") as status:
+    with cli_errors(json_out), err.status("working") as status:
         made = api.make_partition(cfg, on_event=status.update)
     err.print(f"wrote {made.manifest_path}" + (f" and {made.plot}" if made.plot is not None else ""), markup=False)
     if json_out:

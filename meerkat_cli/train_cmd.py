@@ -42,7 +42,7 @@ def _pct(v: Optional[float]) -> str:
 def _train(cfg: TrainConfig, json_out: bool) -> None:
     from meerkat_core import api  # torch and transformers: imported when a command runs, not for --help
 
-    with cli_errors(), make_progress(transient=True) as progress:
+    with cli_errors(json_out), make_progress(transient=True) as progress:
         bar = progress.add_task("training", total=cfg.rounds)
 
         def on_round(row: dict[str, Any]) -> None:
@@ -73,7 +73,7 @@ train_command = config_command(
 def _export(cfg: ExportConfig, json_out: bool) -> None:
     from meerkat_core import api
 
-    with cli_errors():
+    with cli_errors(json_out):
         done = api.export(cfg)
     if json_out:
         emit_json(done.to_json())

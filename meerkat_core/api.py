@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from meerkat_core.atomic import check_writable
 from meerkat_core.config import EvalConfig, ExportConfig, InspectConfig, MaskConfig, PartitionConfig, TrainConfig
 from meerkat_core.encoding import encode_split
 from meerkat_core.engines import run_engine
@@ -157,6 +158,8 @@ def export(cfg: ExportConfig) -> Exported:
 def inspect_gradip(cfg: InspectConfig) -> Report:
     """``meerkat gradip inspect``: per client of one round, the GradIP trajectory statistics, the
     Meerkat-vp classification and whether the run stopped the client; writes the PNG ``cfg.plot``."""
+    if cfg.plot is not None:
+        check_writable(cfg.plot, "--plot")  # before the report is built
     report = build_report(cfg.run, round_=cfg.round, client=cfg.client, classifier=cfg.classifier)
     if cfg.plot is not None:
         plot_report(report, cfg.plot)

@@ -280,6 +280,11 @@ def tokenize_blocks(
     return blocks, hasher.hexdigest()
 
 
+def hub_docs_for(samples: int) -> int:
+    """How many hub rows ``build_calibration`` reads for ``samples`` blocks."""
+    return max(4 * samples, 256)
+
+
 def build_calibration(
     source: str,
     tokenizer: Tokenizer,
@@ -287,9 +292,14 @@ def build_calibration(
     seq_len: int,
     seed: int = 0,
     text_field: str = "text",
+    docs: Documents | None = None,
 ) -> CalibrationData:
-    """Load ``source`` and tokenize it into ``samples`` x ``seq_len`` blocks (see the module docstring)."""
-    docs = load_documents(source, text_field=text_field, max_hub_docs=max(4 * samples, 256))
+    """Load ``source`` and tokenize it into ``samples`` x ``seq_len`` blocks (see the module docstring).
+
+    ``docs``: ``load_documents(source, ...)`` already read (a caller that checks the corpus before the
+    model is loaded)."""
+    if docs is None:
+        docs = load_documents(source, text_field=text_field, max_hub_docs=hub_docs_for(samples))
     blocks, digest = tokenize_blocks(docs.texts, tokenizer, samples, seq_len, seed)
     info = CorpusInfo(
         source=source,

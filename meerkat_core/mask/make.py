@@ -13,7 +13,8 @@ from typing import Callable
 
 from meerkat_core import models
 from meerkat_core.config.mask import MaskConfig
-from meerkat_core.corpus import build_calibration
+from meerkat_core.atomic import check_writable
+from meerkat_core.corpus import build_calibration, hub_docs_for, load_documents
 from meerkat_core.mask.compute import ProgressFn, compute_mask
 from meerkat_core.mask.io import save_mask
 from meerkat_core.mask.select import unmatched_patterns
@@ -39,14 +40,17 @@ def make_mask(cfg: MaskConfig, progress: ProgressFn | None = None, on_event: Eve
     say = on_event or (lambda msg: None)
     cfg.validate()
     start = time.perf_counter()
-    say(f"loading model {cfg.model} ...")
+    # every input is read and checked before anything is said (a bad one is one line, and costs no
+    # computation): where the mask goes, the corpus, the model
+    check_writable(cfg.out, "--out")
+    docs = load_documents(cfg.corpus, text_field=cfg.text_field, max_hub_docs=hub_docs_for(cfg.samples))
     loaded = models.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     names = [n for n, _ in loaded.model.named_parameters()]
     for pattern in unmatched_patterns(names, cfg.exclude):
         say(f"warning: --exclude {pattern} matches no parameter")
-    say(f"tokenizing calibration corpus {cfg.corpus} ...")
+    say(f"loaded model {cfg.model}; tokenizing calibration corpus {cfg.corpus} ...")
     calib = build_calibration(cfg.corpus, loaded.tokenizer, samples=cfg.samples, seq_len=cfg.seq_len, seed=cfg.seed,
-                              text_field=cfg.text_field)
+                              text_field=cfg.text_field, docs=docs)
     mask = compute_mask(
         loaded.model, calib.batches(cfg.batch_size), density=cfg.density, method=cfg.method, exclude=cfg.exclude,
         seed=cfg.seed, model_name=loaded.name, corpus=calib.info, batch_size=cfg.batch_size,
