@@ -195,7 +195,7 @@ class SiteCache:
         """The site's client for ``setup``: built on first use (the same encodings as the in-process engine)."""
         from meerkat_core.encoding import encode_split
         from meerkat_core.fed.client import ClientRuntime, ZOClient
-        from meerkat_core.partition import load_partition, verify_partition
+        from meerkat_core.partition import load_partition, verify_label_counts, verify_partition
         from meerkat_core.tasks import dataset_fingerprint, get_task
 
         loaded, coords, x0 = self._model(site, setup)
@@ -208,6 +208,7 @@ class SiteCache:
         check = (site.data_key()[0], task.name)
         if check not in self._verified:
             verify_partition(manifest, dataset_fingerprint(data.train))
+            verify_label_counts(manifest, data.train["label"])
             self._verified.add(check)
         idx = manifest.client_indices(site.partition_id)
         if not idx:

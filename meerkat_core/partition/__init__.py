@@ -6,6 +6,7 @@ Public API::
     dataset_fingerprint(ds, text_column, label_column) -> str
     load_partition(dir) -> PartitionManifest        # .client_indices(c) -> list[int]
     verify_partition(manifest, ds_fingerprint)      # MeerkatInputError on mismatch
+    verify_label_counts(manifest, labels)           # label_counts agree with the data
 """
 
 from meerkat_core.partition.core import (
@@ -25,6 +26,7 @@ from meerkat_core.partition.manifest import (
     PartitionManifest,
     build_manifest,
     load_partition,
+    verify_label_counts,
     verify_partition,
     write_partition,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "encode_labels",
     "load_partition",
     "partition_dataset",
+    "verify_label_counts",
     "verify_partition",
     "write_partition",
 ]

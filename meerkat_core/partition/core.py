@@ -186,6 +186,7 @@ def encode_labels(
                 raise MeerkatInputError(
                     f"label column {label_column!r} mixes value types that cannot be ordered ({exc})"
                 ) from None
+            _refuse_numbers_with_names(label_column, uniq)
             index = {v: i for i, v in enumerate(uniq)}
             codes = np.asarray([index[v] for v in raw], dtype=np.int64)
             names = [str(v) for v in uniq]
@@ -206,6 +207,19 @@ def encode_labels(
             )
         names = [str(x) for x in label_names]
     return LabelEncoding(codes=codes, num_classes=count, label_names=names, mapping=mapping, values=values)
+
+
+def _refuse_numbers_with_names(label_column: str, values: Sequence[Any]) -> None:
+    """Text labels that mix numbers ("0", "1") with names ("neg", "pos") would become 4 classes where
+    the data means 2: refuse them rather than guess which number is which name."""
+    texts = [v for v in values if isinstance(v, str)]
+    numbers = [v for v in texts if v.strip().lstrip("+-").isdigit()]
+    names = [v for v in texts if v not in numbers]
+    if numbers and names:
+        raise MeerkatInputError(
+            f"label column {label_column!r} mixes numbers ({', '.join(numbers[:3])}) with names "
+            f"({', '.join(names[:3])}); write every label the same way (all class ids or all names)"
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -49,3 +49,16 @@ def dataset_fingerprint(ds: datasets.Dataset, text_column: str, label_column: st
     texts = _column(ds, text_column, "text")
     labels = [_label_value(v) for v in _column(ds, label_column, "label")]
     return sha256_json({"text": texts, "label": labels})
+
+
+def check_texts(ds: datasets.Dataset, text_column: str) -> None:
+    """Refuse rows whose text is empty (or only white space): such a row gives a client nothing to
+    learn from and an evaluation nothing to score. They are refused, not dropped, so that a
+    partition's row indices stay the file's row numbers."""
+    texts = _column(ds, text_column, "text")
+    empty = [i for i, t in enumerate(texts) if t is None or not str(t).strip()]
+    if empty:
+        raise MeerkatInputError(
+            f"text column {text_column!r} is empty in {len(empty)} rows (the first is row {empty[0]}); "
+            "remove those rows from the data"
+        )

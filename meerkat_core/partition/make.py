@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from meerkat_core.atomic import check_writable
 from meerkat_core.config.partition import PartitionConfig
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.hashing import sha256_file
 from meerkat_core.partition.core import PartitionResult, SchemeConfig, partition_dataset
-from meerkat_core.partition.fingerprint import dataset_fingerprint
+from meerkat_core.partition.fingerprint import check_texts, dataset_fingerprint
 from meerkat_core.partition.manifest import MANIFEST_NAME, build_manifest, check_out_dir, write_partition
 from meerkat_core.partition.plot import render_heatmap_png, write_heatmap
 from meerkat_core.tasks import get_task, load_local_files, load_task_data
@@ -79,8 +80,10 @@ def _load(cfg: PartitionConfig) -> tuple[Any, Any, dict[str, Any], list[str] | N
             num = getattr(spec, "num_classes", None)
         return data.train, getattr(data, "test", None), source, names, num
     for p in cfg.data:
+        if Path(p).is_dir():
+            raise MeerkatInputError(f"--data {p}: is a directory; pass a csv, jsonl or parquet file")
         if not Path(p).is_file():
-            raise MeerkatInputError(f"--data {p} not found")
+            raise MeerkatInputError(f"--data {p}: no such file")
     source = {"kind": "files", "paths": list(cfg.data), "sha256": [sha256_file(p) for p in cfg.data]}
     return load_local_files(list(cfg.data)), None, source, None, None
 
@@ -93,11 +96,15 @@ def make_partition(cfg: PartitionConfig, on_event: EventFn | None = None) -> Par
     cfg.validate()
     out = Path(cfg.out)
     check_out_dir(out)
+    check_writable(out, "--out", kind="dir")
+    if cfg.plot is not None:
+        check_writable(cfg.plot, "--plot")
     say("loading data")
     train, test, source, label_names, num_classes = _load(cfg)
     for col, what in ((cfg.label_column, "--label-column"), (cfg.text_column, "--text-column")):
         if col not in train.column_names:
             raise MeerkatInputError(f"unknown {what} {col!r}; the data has columns {', '.join(train.column_names)}")
+    check_texts(train, cfg.text_column)
     say("partitioning")
     result = partition_dataset(train, cfg.label_column, scheme, cfg.seed, label_names=label_names,
                                num_classes=num_classes)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import datasets
 import numpy as np
@@ -118,10 +118,15 @@ class PartitionManifest:
 # --------------------------------------------------------------------------------------------------
 def partition_fingerprint(dataset_fp: str, result: PartitionResult) -> str:
     """Identity of a partition: the dataset it indexes plus every client's indices."""
+    return indices_fingerprint(dataset_fp, [c.indices for c in result.clients])
+
+
+def indices_fingerprint(dataset_fp: str, clients: Sequence[Sequence[int]]) -> str:
+    """``partition_fingerprint`` from the dataset fingerprint and each client's index list, in order."""
     return sha256_json(
         {
             "dataset": dataset_fp,
-            "clients": [sha256_bytes(np.asarray(c.indices, dtype="<i8").tobytes()) for c in result.clients],
+            "clients": [sha256_bytes(np.asarray(list(idx), dtype="<i8").tobytes()) for idx in clients],
         }
     )[:16]
 
@@ -220,13 +225,10 @@ def write_partition(
     """
     check_out_dir(out)
     target = Path(out)
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, what="--out") as tmp:
         (tmp / MANIFEST_NAME).write_text(dump_manifest(doc), encoding="utf-8")
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
     return target
 
 
@@ -248,7 +250,10 @@ def load_partition(path: str | os.PathLike[str]) -> PartitionManifest:
     manifest = p / MANIFEST_NAME if p.is_dir() else p
     base = manifest.parent
     if not manifest.is_file():
-        raise MeerkatInputError(f"partition {p} not found (no {MANIFEST_NAME}); run `meerkat partition` first")
+        if p.is_dir():
+            raise MeerkatInputError(f"partition {p}: is not a partition directory (no {MANIFEST_NAME}); "
+                                    "pass the directory written by `meerkat partition`")
+        raise MeerkatInputError(f"partition {p}: no such directory; run `meerkat partition` first")
     try:
         doc = json.loads(manifest.read_text("utf-8"))
     except (OSError, ValueError) as exc:
@@ -287,6 +292,10 @@ def load_partition(path: str | os.PathLike[str]) -> PartitionManifest:
             )
         if not seen.all():
             raise _bad(base, f"clients cover {int(seen.sum())} of {n} samples")
+        recorded = str(doc.get("partition_fingerprint", ""))
+        if recorded and recorded != indices_fingerprint(str(doc["dataset_fingerprint"]), [c.indices for c in clients]):
+            raise _bad(base, "partition_fingerprint does not match the clients' indices (the manifest was edited); "
+                             "re-run `meerkat partition`")
         return PartitionManifest(
             path=base,
             format_version=int(doc["format_version"]),
@@ -319,3 +328,21 @@ def verify_partition(manifest: PartitionManifest, ds_fingerprint: str) -> None:
             f"{manifest.dataset_fingerprint[:12]}..., this data has {ds_fingerprint[:12]}...); "
             "re-run `meerkat partition` on this data"
         )
+
+
+def verify_label_counts(manifest: PartitionManifest, labels: Sequence[Any]) -> None:
+    """Refuse a manifest whose per-client ``label_counts`` are not what its indices hold in ``labels``
+    (the label column of the split it indexes, as given to ``verify_partition``)."""
+    mapping = manifest.raw.get("label_mapping") or {}
+    if mapping.get("kind") == "sorted_unique":
+        index = {json.dumps(v): i for i, v in enumerate(mapping.get("values") or [])}
+        codes = np.asarray([index.get(json.dumps(v), -1) for v in labels], dtype=np.int64)
+    else:
+        codes = np.asarray([int(v) for v in labels], dtype=np.int64)
+    if codes.size != manifest.num_samples or (codes.size and (codes.min() < 0 or codes.max() >= manifest.num_classes)):
+        raise _bad(manifest.path, f"its labels do not fit this data ({manifest.num_classes} classes, {manifest.num_samples} rows)")
+    for c in manifest.clients:
+        counts = np.bincount(codes[np.asarray(c.indices, dtype=np.int64)], minlength=manifest.num_classes)
+        if counts.tolist() != list(c.label_counts):
+            raise _bad(manifest.path, f"client {c.id} label_counts {list(c.label_counts)} are not what its indices hold "
+                                      f"({counts.tolist()}); the manifest was edited: re-run `meerkat partition`")
