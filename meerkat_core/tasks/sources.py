@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import random
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -124,6 +125,8 @@ def load_local_files(paths: Sequence[str]) -> Any:
     kinds = set()
     for p in paths:
         path = Path(p)
+        if path.is_dir():
+            raise MeerkatInputError(f"data file {p}: is a directory; pass a csv, jsonl or parquet file")
         if not path.is_file():
             raise MeerkatInputError(f"data file {p}: no such file")
         kind = LOCAL_SUFFIXES.get(path.suffix.lower())
@@ -132,10 +135,15 @@ def load_local_files(paths: Sequence[str]) -> Any:
         kinds.add(kind)
     if len(kinds) > 1:
         raise MeerkatInputError(f"data files {', '.join(paths)}: mix of file types; pass files of one type")
-    try:
-        ds = datasets.load_dataset(kinds.pop(), data_files=[str(Path(p).resolve()) for p in paths], split="train")
-    except Exception as exc:
-        raise MeerkatInputError(f"data files {', '.join(paths)}: cannot read ({type(exc).__name__}: {exc})") from None
+    # read into memory through a throw-away cache: nothing is written to the datasets cache in the
+    # user's home (a file read once, or one that fails to parse, leaves no trace)
+    with tempfile.TemporaryDirectory(prefix="meerkat-data-") as cache:
+        try:
+            ds = datasets.load_dataset(kinds.pop(), data_files=[str(Path(p).resolve()) for p in paths], split="train",
+                                       cache_dir=cache, keep_in_memory=True)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise MeerkatInputError(f"data files {', '.join(paths)}: cannot read ({type(exc).__name__}: {first})") from None
     return ds
 
 
