@@ -40,7 +40,7 @@ from meerkat_core.atomic import check_writable
 from meerkat_core.config import EvalConfig, ExportConfig, InspectConfig, MaskConfig, PartitionConfig, TrainConfig
 from meerkat_core.encoding import encode_split
 from meerkat_core.engines import run_engine
-from meerkat_core.evaluation import EvalResult, evaluate_encoded
+from meerkat_core.evaluation import EvalResult, evaluate_encoded, require_finite
 from meerkat_core.fed.checkpoint import apply_checkpoint
 from meerkat_core.fed.export import export_run
 from meerkat_core.gradip.plot import plot_report
@@ -126,12 +126,13 @@ def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> Evaluation:
     if cfg.limit is not None:
         ds = ds.select(range(min(cfg.limit, len(ds))))
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    checkpoint = apply_checkpoint(loaded, cfg.checkpoint) if cfg.checkpoint else None
+    checkpoint = apply_checkpoint(loaded, cfg.checkpoint, mask=cfg.mask) if cfg.checkpoint else None
     enc = encode_split(loaded.tokenizer, spec, ds, max_length=cfg.max_length)
     result = evaluate_encoded(
         loaded.model, enc, list(spec.label_names), loaded.tokenizer.pad_token_id,
         batch_size=cfg.batch_size, progress=progress, task=spec.name, split=cfg.split,
     )
+    require_finite(result, f"model {cfg.model}" + (f" with checkpoint {checkpoint}" if checkpoint else ""))
     return Evaluation(result=result, model=cfg.model, device=str(loaded.device),
                       dtype=str(loaded.dtype).replace("torch.", ""), checkpoint=checkpoint)
 
@@ -151,7 +152,7 @@ class Exported:
 def export(cfg: ExportConfig) -> Exported:
     """``meerkat export``: write the base model with the run's (latest, or the given) checkpoint applied
     as a Hugging Face model directory (safetensors) at ``cfg.out``."""
-    info = export_run(cfg.run, cfg.out, model=cfg.model)
+    info = export_run(cfg.run, cfg.out, model=cfg.model, overwrite=cfg.overwrite, mask=cfg.mask)
     return Exported(checkpoint=info["checkpoint"], model=info["model"], out=info["out"])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -9,6 +10,7 @@ from typing import Any, Callable
 import torch
 
 from meerkat_core.encoding import EncodedSet
+from meerkat_core.errors import MeerkatInputError
 from meerkat_core.scoring import class_scores
 
 ProgressFn = Callable[[int, int, str], None]
@@ -72,3 +74,18 @@ def evaluate_encoded(
         label_names=list(label_names),
         seconds=time.perf_counter() - start,
     )
+
+
+def require_finite(result: Any, what: str) -> None:
+    """Refuse an evaluation whose loss is not finite (``require_finite_loss``)."""
+    require_finite_loss(result.n, result.mean_loss, what)
+
+
+def require_finite_loss(n: int, mean_loss: float, what: str) -> None:
+    """Refuse an evaluation whose loss is not finite: the model's outputs are NaN or inf, so its
+    arg-max accuracy would be meaningless (a NaN model scores every example as class 0)."""
+    if n and not math.isfinite(mean_loss):
+        raise MeerkatInputError(
+            f"{what}: the evaluation loss is {mean_loss} (the model's outputs are not finite); "
+            "the weights are damaged or the run diverged"
+        )

@@ -18,6 +18,8 @@ class EvalConfig:
     model: str = setting("smollm2-135m", short="-m", help="Built-in name, local HF directory, .gguf file or hub id.")
     task: str = setting("sentiment2", short="-t", help="Built-in task (see `meerkat tasks`) or a task JSON file.")
     checkpoint: Optional[str] = setting(None, help="A run directory or checkpoint file to apply first.")
+    mask: Optional[str] = setting(None, help="The checkpoint's mask file, when its run directory does not say where "
+                                             "it is (checked by sha256).")
     split: str = setting("test", choices=SPLITS, help="The task split to score.")
     limit: Optional[int] = setting(None, help="Evaluate the first N examples only.")
     batch_size: int = setting(16, help="Examples per forward pass.")
