@@ -7,6 +7,7 @@ the nested tables. ``RESUMABLE_CHANGES`` (flat names) may differ when a run is r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
@@ -16,9 +17,11 @@ from meerkat_core.config.settings import group, setting
 from meerkat_core.errors import MeerkatInputError
 
 # Settings (flat names) that may differ when a run is resumed; everything else must match the run.
+# The mask and partition may be given by another path (another working directory): --resume compares
+# them by content (sha256 / fingerprints in the run's provenance), not by path.
 RESUMABLE_CHANGES = (
     "out", "rounds", "resume", "device", "eval_every", "eval_limit", "checkpoint_every",
-    "z_cache_mb", "engine", "superlink", "superlink_ca",
+    "z_cache_mb", "engine", "superlink", "superlink_ca", "mask", "partition",
 )
 
 
@@ -88,7 +91,8 @@ class TrainConfig:
     max_length: int = setting(128, help="Prompt tokens kept (the end is kept).")
     sync: str = setting("auto", choices=SYNC_MODES,
                         help="How clients get the global state: replay (seeds+scalars), vector, or auto "
-                             "(replay for a sparse mask, vector for --mask all).")
+                             "(replay for a sparse mask, unless a client's missed history would be larger "
+                             "than the k-vector; vector for --mask all).")
     algorithm: str = setting("meerkat", choices=ALGORITHMS, help="Meerkat, or Meerkat-vp (calibration + early stop).")
     z_cache_mb: int = setting(128, help="Memory (MiB) for a step's z: when k x 4 B fits, z is drawn once per step "
                                         "instead of three times (--mask all on a large model: about d x 4 B / 2^20). "
@@ -117,8 +121,8 @@ class TrainConfig:
             (self.rounds >= 1, f"--rounds {self.rounds}: must be at least 1"),
             (self.local_steps >= 1, f"--local-steps {self.local_steps}: must be at least 1"),
             (self.clients_per_round >= 1, f"--clients-per-round {self.clients_per_round}: must be at least 1"),
-            (self.lr > 0, f"--lr {self.lr}: must be > 0"),
-            (self.eps > 0, f"--eps {self.eps}: must be > 0"),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr {self.lr}: must be a finite number > 0"),
+            (math.isfinite(self.eps) and self.eps > 0, f"--eps {self.eps}: must be a finite number > 0"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1"),
             (self.eval.every >= 0, f"--eval-every {self.eval.every}: must be >= 0"),
             (self.eval.limit is None or self.eval.limit >= 1, f"--eval-limit {self.eval.limit}: must be at least 1"),
@@ -149,9 +153,11 @@ class TrainConfig:
 
     @property
     def sync_mode(self) -> str:
+        """The server's sync mode. ``--sync auto``: the k-vector for ``--mask all``; for a sparse mask the
+        missed history, or the k-vector for a client whose history would be larger (``ZOServer``)."""
         if self.sync != "auto":
             return self.sync
-        return "vector" if self.mask == "all" else "replay"
+        return "vector" if self.mask == "all" else "auto"
 
     # -- the two saved forms
     def to_dict(self) -> dict[str, Any]:

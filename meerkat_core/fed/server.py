@@ -17,7 +17,7 @@ import torch
 from meerkat_core.fed.policy import RoundPolicy, UniformPolicy
 from meerkat_core.fed.schedule import lr_at
 from meerkat_core.fed.protocol import ClientReply, HistoryEntry, RoundInstruction
-from meerkat_core.fed.state import apply_history, state_crc
+from meerkat_core.fed.state import state_crc
 from meerkat_core.gradip.compute import step_gradip
 from meerkat_core.zo import derive_key, replay, update_coef
 from meerkat_core.zo.update import add_scaled
@@ -33,7 +33,13 @@ class ServerConfig:
     eps: float
     batch_size: int
     schedule: str = "constant"
-    sync: str = "replay"  # or "vector"
+    # "replay": always the missed history; "vector": always the k-vector; "auto": per message, the
+    # history unless it would be larger than the k-vector (a client away for many rounds)
+    sync: str = "replay"
+
+
+HISTORY_ENTRY_BYTES = 16  # a missed update on the wire: uint64 key + float64 coefficient
+VECTOR_ENTRY_BYTES = 4  # one fp32 coordinate
 
 
 @dataclass
@@ -96,11 +102,15 @@ class ZOServer:
             eps=self.cfg.eps, data_offset=self.data_offset[client], state_round=self.round,
             state_crc=state_crc(self.x),
         )
-        if self.cfg.sync == "vector":
+        since = self.synced_round[client]
+        history: list[HistoryEntry] = []
+        if self.cfg.sync != "vector":
+            history = [h for r in range(since + 1, self.round + 1) for h in self.history.get(r, [])]
+        if self.cfg.sync == "vector" or (
+            self.cfg.sync == "auto" and len(history) * HISTORY_ENTRY_BYTES > self.x.numel() * VECTOR_ENTRY_BYTES
+        ):
             return RoundInstruction(sync="vector", synced_round=self.round,
                                     vector=self.x.detach().cpu().numpy(), **common)
-        since = self.synced_round[client]
-        history = [h for r in range(since + 1, self.round + 1) for h in self.history.get(r, [])]
         return RoundInstruction(sync="replay", synced_round=since, history=history, **common)
 
     def plan_round(self, round_: int) -> list[RoundInstruction]:
@@ -148,19 +158,27 @@ class ZOServer:
         return RoundOutcome(round=round_, clients=outcomes, state_crc=state_crc(self.x))
 
     # -- resume -----------------------------------------------------------------------------------
-    def restore_round(self, round_: int, records: Sequence[dict]) -> None:
-        """Re-apply a completed round from its ledger records (resume); bitwise as when it ran."""
-        total = sum(self.client_sizes[int(r["client"])] for r in records)
-        updates: list[HistoryEntry] = []
-        for rec in sorted(records, key=lambda r: int(r["client"])):
+    def restore_round(self, round_: int, records: Sequence[dict]) -> RoundOutcome:
+        """Redo a completed round from its ledger records (``--resume``): the same ``complete_round``
+        that ran it, fed the recorded instructions and replies, so the state, the history, GradIP, the
+        data pointers and when each client last synced come out bitwise as they did.
+
+        Raises ``ValueError`` naming the first field that contradicts the run so far (the caller turns
+        it into an error naming the ledger line)."""
+        instructions, replies = [], []
+        for rec in records:
             c = int(rec["client"])
-            p = self.client_sizes[c] / total
-            for t, g in enumerate(rec["gs"]):
-                g = float(g)
-                if update_coef(rec["lr"], g) is None:
-                    continue
-                updates.append(HistoryEntry(derive_key(int(rec["seed"]), round_, c, t), -(p * float(rec["lr"]) * g)))
-            self.data_offset[c] = int(rec["data_offset"]) + int(rec["steps"]) * self.cfg.batch_size
-        apply_history(self.x, updates)
-        self.history[round_] = updates
-        self.round = round_
+            if c not in self.client_sizes:
+                raise ValueError(f"client {c} is not in the partition")
+            if int(rec["data_offset"]) != self.data_offset[c]:
+                raise ValueError(f"client {c} data_offset {rec['data_offset']} but the rounds before leave it at {self.data_offset[c]}")
+            gs = [float(g) for g in rec["gs"]]
+            if len(gs) != int(rec["steps"]):
+                raise ValueError(f"client {c} has {len(gs)} gs for {rec['steps']} steps")
+            instructions.append(RoundInstruction(
+                round=round_, client=c, steps=int(rec["steps"]), seed=int(rec["seed"]), lr=float(rec["lr"]),
+                eps=float(rec["eps"]), data_offset=int(rec["data_offset"]), sync="replay", synced_round=0,
+                state_round=self.round))
+            replies.append(ClientReply(round=round_, client=c, gs=gs, losses=[float(v) for v in rec["losses"]],
+                                       state_crc=0))
+        return self.complete_round(round_, instructions, replies)

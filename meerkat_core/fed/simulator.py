@@ -16,7 +16,7 @@ import torch
 
 import meerkat_core
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.fed.checkpoint import save_checkpoint
+from meerkat_core.fed.checkpoint import checkpoint_bytes, save_checkpoint
 from meerkat_core.fed.client import ClientRuntime, ZOClient
 from meerkat_core.config.train import TrainConfig
 from meerkat_core.fed.policy import UniformPolicy
@@ -71,7 +71,7 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
     from meerkat_core.encoding import encode_label_words, encode_split
     from meerkat_core.mask import load_mask
     from meerkat_core.models import load_model
-    from meerkat_core.partition import load_partition, verify_partition
+    from meerkat_core.partition import load_partition, verify_label_counts, verify_partition
     from meerkat_core.tasks import dataset_fingerprint, get_task, load_task_data
     from meerkat_core.zo import SparseCoordinates
 
@@ -82,6 +82,7 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
     manifest = load_partition(cfg.partition)
     data = load_task_data(task)
     verify_partition(manifest, dataset_fingerprint(data.train))
+    verify_label_counts(manifest, data.train["label"])
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     mask = load_mask(cfg.mask, loaded.model) if cfg.mask != "all" else None
     indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
@@ -169,14 +170,23 @@ def checkpoint_values(fed: Federation) -> dict[str, torch.Tensor]:
     return {name: v.clone() for name, v in fed.runtime.coords.split(fed.server.x).items()}
 
 
+def _checkpoint_meta(fed: Federation, round_: int) -> dict[str, Any]:
+    # no path: identical runs in different directories write identical checkpoints
+    return {
+        "round": round_, "model": fed.cfg.model, "model_fingerprint": fed.provenance["model_fingerprint"],
+        "mask_sha256": fed.provenance["mask_sha256"], "k": fed.provenance["k"], "seed": fed.cfg.seed,
+        "meerkat_version": meerkat_core.__version__,
+    }
+
+
+def checkpoint_file_bytes(fed: Federation, round_: int) -> bytes:
+    """The exact bytes of the checkpoint of the current global state as round ``round_``'s."""
+    return checkpoint_bytes(checkpoint_values(fed), _checkpoint_meta(fed, round_))
+
+
 def write_checkpoint(fed: Federation, run: RunDir, round_: int) -> Path:
     path = run.checkpoint_path(round_)
-    meta = {
-        "round": round_, "model": fed.cfg.model, "model_fingerprint": fed.provenance["model_fingerprint"],
-        "mask_sha256": fed.provenance["mask_sha256"], "mask_path": fed.provenance["mask_path"],
-        "k": fed.provenance["k"], "seed": fed.cfg.seed, "meerkat_version": meerkat_core.__version__,
-    }
-    save_checkpoint(path, checkpoint_values(fed), meta)
+    save_checkpoint(path, checkpoint_values(fed), _checkpoint_meta(fed, round_))
     return path
 
 

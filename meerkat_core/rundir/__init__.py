@@ -2,6 +2,7 @@
 keeps it to one writer (``lock``), and the checks before a job starts or resumes in it (``resume``)."""
 
 from meerkat_core.rundir.layout import (
+    CHECKPOINT_NAME,
     CHECKPOINTS,
     CONFIG,
     CONFIG_TOML,
@@ -10,12 +11,13 @@ from meerkat_core.rundir.layout import (
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
     SUMMARY,
+    LedgerRound,
     RunDir,
 )
 from meerkat_core.rundir.lock import LOCK, run_dir_lock
 from meerkat_core.rundir.resume import check_run_dir
 
 __all__ = [
-    "CHECKPOINTS", "CONFIG", "CONFIG_TOML", "LEDGER", "LOCK", "METRICS", "RUN_FORMAT", "RUN_FORMAT_VERSION",
-    "SUMMARY", "RunDir", "check_run_dir", "run_dir_lock",
+    "CHECKPOINT_NAME", "CHECKPOINTS", "CONFIG", "CONFIG_TOML", "LEDGER", "LOCK", "METRICS", "RUN_FORMAT", "RUN_FORMAT_VERSION",
+    "SUMMARY", "LedgerRound", "RunDir", "check_run_dir", "run_dir_lock",
 ]

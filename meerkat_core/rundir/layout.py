@@ -10,15 +10,17 @@ fsync. A reader keeps everything up to the last committed round; ``--resume`` cu
 from __future__ import annotations
 
 import json
-import math
 import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from meerkat_core.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from meerkat_core.atomic import os_error, remove_temporaries, write_bytes_atomic, write_json_atomic, write_text_atomic
 from meerkat_core.config.settings import config_toml
 from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
+from meerkat_core.gradip.file import GRADIP_FILE
 
 CONFIG = "config.json"
 CONFIG_TOML = "config.toml"  # the resolved TrainConfig: `meerkat train --config RUN/config.toml` re-runs it
@@ -26,8 +28,25 @@ LEDGER = "ledger.jsonl"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+CHECKPOINT_NAME = re.compile(r"^round-(\d{4,})\.safetensors$")
 RUN_FORMAT = "meerkat.run"
 RUN_FORMAT_VERSION = 1
+
+
+# what a ledger line must hold to be replayed (docs/RUN_FORMAT.md)
+CLIENT_FIELDS = ("round", "client", "steps", "seed", "lr", "eps", "data_offset", "gs", "losses")
+ROUND_FIELDS = ("round", "state_crc")
+
+
+@dataclass
+class LedgerRound:
+    """One committed round of the ledger: its client records, its round record and their line numbers."""
+
+    round: int
+    record: dict[str, Any]
+    line: int  # 1-based line of the round (commit) record
+    clients: list[dict[str, Any]] = field(default_factory=list)
+    client_lines: list[int] = field(default_factory=list)
 
 
 def _json_line(obj: dict[str, Any]) -> str:
@@ -51,9 +70,12 @@ class RunDir:
     # -- config
     def read_config(self) -> dict[str, Any]:
         try:
-            return json.loads(self.file(CONFIG).read_text())
+            doc = json.loads(self.file(CONFIG).read_text())
         except (OSError, ValueError) as exc:
             raise MeerkatInputError(f"run directory {self.path}: unreadable {CONFIG} ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT or not isinstance(doc.get("train", {}), dict):
+            raise MeerkatInputError(f"run directory {self.path}: {CONFIG} is not a meerkat run configuration")
+        return doc
 
     def train_config(self) -> TrainConfig:
         """The TrainConfig the run was made with (from config.json, which every run since format 1 has)."""
@@ -65,39 +87,77 @@ class RunDir:
     def write_config(self, cfg: TrainConfig, provenance: dict[str, Any]) -> None:
         """``config.json`` (flat settings + provenance: what --resume, `gradip inspect` and older tools
         read) and ``config.toml`` (the same settings nested, re-runnable with ``--config``)."""
+        train = {k: v for k, v in cfg.to_dict().items() if k != "resume"}  # how it was invoked is no setting
         write_json_atomic(self.file(CONFIG), {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
-                                              "train": cfg.to_dict(), "provenance": provenance})
+                                              "train": train, "provenance": provenance})
         write_text_atomic(self.file(CONFIG_TOML), config_toml(cfg, "train", provenance))
 
     # -- ledger
-    def read_ledger(self) -> tuple[dict[int, list[dict[str, Any]]], dict[int, dict[str, Any]], int]:
-        """(client records by round, round records by round, byte length of the committed prefix)."""
-        clients: dict[int, list[dict[str, Any]]] = {}
-        rounds: dict[int, dict[str, Any]] = {}
+    def ledger_rounds(self) -> tuple[list[LedgerRound], int]:
+        """The committed rounds in order, and the byte length of the committed prefix.
+
+        Everything after the last committed round (a torn block) is left out. Anything else that is
+        wrong (a line that is not JSON, a record without a required field, a round out of order, a
+        client line inside another round's block) raises ``MeerkatInputError`` naming the line."""
         path = self.file(LEDGER)
         if not path.exists():
-            return clients, rounds, 0
-        pending: list[dict[str, Any]] = []
+            return [], 0
+        lines = path.read_bytes().splitlines(keepends=True)
+        parsed: list[dict[str, Any] | None] = []
+        for raw in lines:
+            try:
+                rec = json.loads(raw) if raw.endswith(b"\n") else None
+            except ValueError:
+                rec = None
+            parsed.append(rec if isinstance(rec, dict) else None)
+        last_commit = max((i for i, rec in enumerate(parsed) if rec is not None and rec.get("type") == "round"),
+                          default=-1)
+        rounds: list[LedgerRound] = []
+        pending: list[tuple[int, dict[str, Any]]] = []
         committed = 0
         pos = 0
-        with open(path, "rb") as fh:
-            for raw in fh:
-                pos += len(raw)
-                if not raw.endswith(b"\n"):
-                    break  # a torn last line
-                try:
-                    rec = json.loads(raw)
-                except ValueError:
-                    break
-                if rec.get("type") == "client":
-                    pending.append(rec)
-                elif rec.get("type") == "round":
-                    r = int(rec["round"])
-                    clients[r] = [p for p in pending if int(p["round"]) == r]
-                    rounds[r] = rec
-                    pending = []
-                    committed = pos
-        return clients, rounds, committed
+
+        def bad(i: int, why: str) -> MeerkatInputError:
+            return MeerkatInputError(f"{path} line {i + 1}: {why}; the run directory is damaged (restore the "
+                                     "ledger from a copy, or start a new run)")
+
+        for i, (raw, rec) in enumerate(zip(lines, parsed)):
+            pos += len(raw)
+            if i > last_commit:
+                break  # the torn tail after the last committed round
+            if rec is None:
+                raise bad(i, "not a complete JSON line" if raw.endswith(b"\n") else "cut short")
+            kind = rec.get("type")
+            want = len(rounds) + 1
+            need = CLIENT_FIELDS if kind == "client" else ROUND_FIELDS if kind == "round" else None
+            if need is None:
+                raise bad(i, f"unknown record type {kind!r}")
+            missing = [k for k in need if k not in rec]
+            if missing:
+                raise bad(i, f"no {missing[0]!r} field")
+            try:
+                r = int(rec["round"])
+            except (TypeError, ValueError):
+                raise bad(i, f"round {rec['round']!r} is not a number") from None
+            if r != want:
+                raise bad(i, f"a record of round {r} where round {want} was expected (a block is missing, "
+                             "repeated or out of order)")
+            if kind == "client":
+                pending.append((i, rec))
+                continue
+            if not pending:
+                raise bad(i, f"round {r} commits no client records")
+            rounds.append(LedgerRound(round=r, record=rec, line=i + 1, clients=[c for _, c in pending],
+                                      client_lines=[j + 1 for j, _ in pending]))
+            pending = []
+            committed = pos
+        return rounds, committed
+
+    def read_ledger(self) -> tuple[dict[int, list[dict[str, Any]]], dict[int, dict[str, Any]], int]:
+        """(client records by round, round records by round, byte length of the committed prefix);
+        ``ledger_rounds`` in another shape."""
+        rounds, committed = self.ledger_rounds()
+        return {lr.round: lr.clients for lr in rounds}, {lr.round: lr.record for lr in rounds}, committed
 
     def truncate_ledger(self, length: int) -> None:
         path = self.file(LEDGER)
@@ -106,15 +166,40 @@ class RunDir:
                 head = fh.read(length)
             write_bytes_atomic(path, head)
 
+    def create_ledger(self) -> None:
+        """An empty ledger at the start of a run: from then on a missing ledger means damage."""
+        try:
+            fd = os.open(self.file(LEDGER), os.O_WRONLY | os.O_CREAT, 0o644)
+            os.close(fd)
+        except OSError as exc:
+            raise os_error(self.file(LEDGER), exc) from None
+
     def append_round(self, client_records: Iterable[dict[str, Any]], round_record: dict[str, Any]) -> None:
         block = "".join(_json_line({"type": "client", **r}) for r in client_records)
         block += _json_line({"type": "round", **round_record})
-        fd = os.open(self.file(LEDGER), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        data = block.encode()
+        path = self.file(LEDGER)
         try:
-            os.write(fd, block.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:  # os.write may write less than asked (a signal, a nearly full disk)
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise MeerkatInputError(
+                f"{os_error(path, exc)}; the run is complete up to the round before, continue it with --resume"
+            ) from None
+
+    # -- orphans
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the temporaries that a killed write left in the run directory (``meerkat_core.atomic``)."""
+        names = {CONFIG, CONFIG_TOML, LEDGER, METRICS, GRADIP_FILE, SUMMARY}
+        removed = remove_temporaries(self.path, lambda n: n in names)
+        removed += remove_temporaries(self.path / CHECKPOINTS, lambda n: CHECKPOINT_NAME.match(n) is not None)
+        return removed
 
     # -- metrics
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -122,26 +207,25 @@ class RunDir:
         if not path.exists():
             return []
         out = []
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
-                out.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
                 break
+            if not isinstance(row, dict):
+                break
+            out.append(row)
         return out
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         write_text_atomic(self.file(METRICS), "".join(_json_line(r) for r in rows))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.file(SUMMARY), _finite(summary))
+        write_json_atomic(self.file(SUMMARY), summary)  # NaN/inf become null (write_json_atomic)
 
-
-def _finite(obj: Any) -> Any:
-    """JSON-safe copy: nan/inf become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    def read_summary(self) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(self.file(SUMMARY).read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None

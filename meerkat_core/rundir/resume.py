@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meerkat_core.atomic import check_writable
 from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.rundir.layout import CONFIG, RunDir
@@ -14,6 +15,7 @@ from meerkat_core.rundir.lock import LOCK
 def check_run_dir(cfg: TrainConfig) -> RunDir:
     """The run directory of ``cfg`` after the --out / --resume checks; writes nothing."""
     run = RunDir(Path(cfg.out))
+    check_writable(cfg.out, "--out", kind="dir")  # read-only, or a file where the directory belongs
     if cfg.resume:
         if not run.exists():
             raise MeerkatInputError(f"--resume {cfg.out}: not a run directory (no {CONFIG}); drop --resume to start")
