@@ -297,9 +297,9 @@ def _train_locked(
         say(f"resuming after round {done} of {cfg.rounds}")
     else:
         run.path.mkdir(parents=True, exist_ok=True)
+        run.create_ledger()  # before config.json: a run directory with a config always has a ledger
         done, metrics, gradip = 0, [], GradipLog()
     run.write_config(cfg, fed.provenance)
-    run.create_ledger()
     commit_point("after:config")
     if done == 0 and not metrics:
         say("evaluating the starting point")

@@ -8,7 +8,7 @@ from pathlib import Path
 from meerkat_core.atomic import check_writable
 from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.rundir.layout import CONFIG, RunDir
+from meerkat_core.rundir.layout import CONFIG, LEDGER, RunDir
 from meerkat_core.rundir.lock import LOCK
 
 
@@ -20,6 +20,11 @@ def check_run_dir(cfg: TrainConfig) -> RunDir:
         if not run.exists():
             raise MeerkatInputError(f"--resume {cfg.out}: not a run directory (no {CONFIG}); drop --resume to start")
         cfg.check_resumable(run.train_config(), cfg.out)
-    elif run.path.exists() and any(p.name != LOCK for p in run.path.iterdir()):
+    elif run.path.exists() and any(not _left_by_a_start(p) for p in run.path.iterdir()):
         raise MeerkatInputError(f"--out {cfg.out}: exists and is not empty; pass --resume to continue it or choose another path")
     return run
+
+
+def _left_by_a_start(p: Path) -> bool:
+    """What a start killed before config.json leaves: the lock, an empty ledger (a new run may reuse it)."""
+    return p.name == LOCK or (p.name == LEDGER and p.is_file() and p.stat().st_size == 0)
