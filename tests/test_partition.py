@@ -412,5 +412,5 @@ def test_load_partition_rejects_damaged_manifests(tmp_path):
     damaged(lambda d: d["clients"][1]["indices"].append(d["clients"][0]["indices"][0]))  # overlap
     damaged(lambda d: d["clients"][0]["indices"].pop())  # no longer covers
     damaged(lambda d: d.pop("num_samples"))
-    with pytest.raises(MeerkatInputError, match="not found"):
+    with pytest.raises(MeerkatInputError, match="no such directory"):
         load_partition(tmp_path / "missing")

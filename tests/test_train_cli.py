@@ -107,8 +107,11 @@ def test_resume_discards_a_torn_round(finished_run: tuple[Path, dict], tiny_mask
     src, _ = finished_run
     out = tmp_path / "torn"
     out.mkdir()
-    for f in ("config.json", "metrics.jsonl", "gradip.safetensors"):
+    for f in ("config.json", "gradip.safetensors"):
         (out / f).write_bytes((src / f).read_bytes())
+    # metrics are written after a round's ledger commit: a kill inside round 2's block leaves rows 0-1
+    rows = (src / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_text("".join(rows[:2]))
     lines = (src / "ledger.jsonl").read_text().splitlines(keepends=True)
     cut = [i for i, ln in enumerate(lines) if '"type":"round"' in ln][1]  # keep round 1 + part of round 2
     (out / "ledger.jsonl").write_text("".join(lines[: cut - 1]) + lines[cut - 1][:20])
