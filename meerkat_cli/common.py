@@ -129,7 +129,7 @@ def emit_json(obj: Any) -> None:
 
 
 def make_progress(transient: bool = True) -> Progress:
-    """A rich progress bar on stderr."""
+    """A rich progress bar on stderr; off where stderr is not a terminal (it would print a blank line)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -138,6 +138,7 @@ def make_progress(transient: bool = True) -> Progress:
         TimeRemainingColumn(),
         console=err,
         transient=transient,
+        disable=not err.is_terminal,
     )
 
 

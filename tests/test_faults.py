@@ -39,7 +39,7 @@ def train_args(mask: Path | str, part: Path | str, out: Path | str, *extra: str,
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     """Exit 2, stderr exactly one ``error:`` line (no progress lines, no usage box, no traceback)."""
-    err = proc.stderr.strip()
+    err = proc.stderr.rstrip()  # a blank line before the error counts as a line
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert len(err.splitlines()) == 1 and err.startswith("error:"), err
     for n in needles:
