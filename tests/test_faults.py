@@ -579,7 +579,7 @@ def test_full_disk(full_disk: Path, finished: Path, tiny_mask: Path, tiny_partit
     assert str(run) in err
     assert not [p for p in full_disk.rglob("*.tmp")]
     if (run / "ledger.jsonl").exists():  # whatever was committed is whole: the run can be resumed elsewhere
-        from meerkat_core.fed.rundir import RunDir
+        from meerkat_core.rundir import RunDir
 
         RunDir(run).ledger_rounds()
 

@@ -20,7 +20,7 @@ EXPORT_RECORD = "meerkat_export.json"
 
 
 def _is_run_dir(path: Path) -> bool:
-    from meerkat_core.fed.rundir import CONFIG, LEDGER, RUN_FORMAT
+    from meerkat_core.rundir import CONFIG, LEDGER, RUN_FORMAT
 
     try:
         fmt = json.loads((path / CONFIG).read_text()).get("format")

@@ -220,7 +220,7 @@ def _restore(fed: Federation, run: RunDir) -> tuple[int, list[dict[str, Any]], G
         )
     rs = _Restore(fed, run)
     rs.evidence(done)
-    run.remove_temporaries()
+    run.remove_temporaries(also=(GRADIP_FILE,))
     old = {int(m["round"]): m for m in run.read_metrics() if isinstance(m.get("round"), int)}
     metrics: list[dict[str, Any]] = []
     if old.get(0) and all(k in old[0] for k in EVAL_FIELDS):

@@ -20,7 +20,6 @@ from meerkat_core.atomic import os_error, remove_temporaries, write_bytes_atomic
 from meerkat_core.config.settings import config_toml
 from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.gradip.file import GRADIP_FILE
 
 CONFIG = "config.json"
 CONFIG_TOML = "config.toml"  # the resolved TrainConfig: `meerkat train --config RUN/config.toml` re-runs it
@@ -194,9 +193,10 @@ class RunDir:
             ) from None
 
     # -- orphans
-    def remove_temporaries(self) -> list[Path]:
-        """Delete the temporaries that a killed write left in the run directory (``meerkat_core.atomic``)."""
-        names = {CONFIG, CONFIG_TOML, LEDGER, METRICS, GRADIP_FILE, SUMMARY}
+    def remove_temporaries(self, also: Iterable[str] = ()) -> list[Path]:
+        """Delete the temporaries that a killed write left in the run directory (``meerkat_core.atomic``):
+        those of its own files, of checkpoints, and of the files named in ``also`` (GradIP's)."""
+        names = {CONFIG, CONFIG_TOML, LEDGER, METRICS, SUMMARY, *also}
         removed = remove_temporaries(self.path, lambda n: n in names)
         removed += remove_temporaries(self.path / CHECKPOINTS, lambda n: CHECKPOINT_NAME.match(n) is not None)
         return removed
