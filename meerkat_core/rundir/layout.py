@@ -4,7 +4,9 @@
 
 ``ledger.jsonl`` is the source of truth. Each round is appended as one block (one line per
 participating client, then a ``{"type": "round"}`` line that commits it) with a single write and an
-fsync. A reader keeps everything up to the last committed round; ``--resume`` cuts the rest off.
+fsync. A reader keeps everything up to the last committed round (``--resume`` cuts the rest off) and
+refuses anything else that is wrong with a line (``ledger_rounds``): the ledger is replayed, never
+guessed at.
 """
 
 from __future__ import annotations
