@@ -63,6 +63,6 @@ def test_api_bad_input_raises_one_line_and_writes_nothing(tiny_mask: Path, tiny_
 
     cfg = _train_cfg(tiny_mask, tiny_partition, tmp_path / "bad")
     cfg.lr = 0
-    with pytest.raises(MeerkatInputError, match="--lr 0: must be > 0"):
+    with pytest.raises(MeerkatInputError, match="--lr 0: must be a finite number > 0"):
         api.train(cfg)
     assert not (tmp_path / "bad").exists()
