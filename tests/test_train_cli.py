@@ -190,3 +190,16 @@ def test_train_refuses_a_run_dir_in_use(finished_run: tuple[Path, dict], tiny_ma
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and f"in use by process {os.getpid()}" in res.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before and not (out / LOCK).exists()
+
+
+def test_eval_checkpoint_refuses_another_task_unless_cross_task(finished_run: tuple[Path, dict]) -> None:
+    out, _ = finished_run
+    proc = run_cli("eval", "--checkpoint", str(out), "--task", "sentiment3", "--limit", "4", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "trained on task 'sentiment2'" in lines[0] and "--cross-task" in lines[0]
+    same = json.loads(run_cli("eval", "--checkpoint", str(out), "--task", "sentiment2", "--limit", "4", "--json").stdout)
+    assert same["task"] == "sentiment2" and same["model"] == "tiny-llama"
+    cross = json.loads(run_cli("eval", "--checkpoint", str(out), "--task", "sentiment3", "--cross-task", "--limit", "6",
+                               "--json").stdout)
+    assert cross["task"] == "sentiment3" and cross["n"] == 6 and len(cross["confusion"]) == 3

@@ -70,7 +70,7 @@ def build_federation(cfg: TrainConfig) -> Federation:
         raise MeerkatInputError(f"--mask {cfg.mask}: no such file; make one with `meerkat mask` or pass --mask all")
     manifest = load_partition(cfg.partition)
     data = load_task_data(task)
-    verify_partition(manifest, dataset_fingerprint(data.train))
+    verify_partition(manifest, dataset_fingerprint(data.train), train_files_sha256(task), len(data.train))
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     mask = load_mask(cfg.mask, loaded.model) if cfg.mask != "all" else None
     indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
@@ -80,10 +80,6 @@ def build_federation(cfg: TrainConfig) -> Federation:
     if mask is not None:
         gbar = coords.concat({t.name: t.grad_mean for t in mask.nonempty()})
     train_enc = encode_split(loaded.tokenizer, task, data.train, max_length=cfg.max_length)
-    if cfg.loss == "classification" and not train_enc.label_words.single_token:
-        raise MeerkatInputError(
-            f"--loss classification: task '{task.name}' has multi-token label words; use --loss lm"
-        )
     clients = {}
     for c in range(manifest.num_clients):
         idx = manifest.client_indices(c)
@@ -111,10 +107,21 @@ def build_federation(cfg: TrainConfig) -> Federation:
         "d": coords.d,
         "partition_fingerprint": manifest.partition_fingerprint,
         "dataset_fingerprint": manifest.dataset_fingerprint,
+        "task_name": task.name,
+        "task_identity": task.identity(),
         "num_clients": len(clients),
         "torch": torch.__version__,
     }
     return Federation(cfg, loaded, task, mask, manifest, clients, runtime, server, test_set, provenance)
+
+
+def train_files_sha256(task: Any) -> list[str] | None:
+    """sha256 of each local file a files task reads its train split from (for ``verify_partition``)."""
+    from meerkat_core.hashing import sha256_file
+
+    if task.data.kind != "files":
+        return None
+    return [sha256_file(p) for p in task.data.files[task.data.train_split]]
 
 
 def run_round(

@@ -37,7 +37,7 @@ def client_setup(fed: Federation) -> ClientSetup:
     return ClientSetup(
         model=cfg.model, task=cfg.task, mask_sha256=str(fed.provenance["mask_sha256"]), k=int(fed.provenance["k"]),
         max_length=cfg.max_length, batch_size=cfg.batch_size, dtype=cfg.dtype,
-        loss=str(getattr(cfg, "loss", "lm")), trust_remote_code=cfg.trust_remote_code,
+        loss=cfg.loss, trust_remote_code=cfg.trust_remote_code,
     )
 
 

@@ -83,6 +83,7 @@ def build_site_client(site: SiteConfig, setup: ClientSetup) -> tuple[ZOClient, C
     from meerkat_core.encoding import encode_split
     from meerkat_core.mask import load_mask
     from meerkat_core.models import load_model
+    from meerkat_core.fed.simulator import train_files_sha256
     from meerkat_core.partition import load_partition, verify_partition
     from meerkat_core.tasks import dataset_fingerprint, get_task, load_task_data
     from meerkat_core.zo import SparseCoordinates
@@ -91,7 +92,7 @@ def build_site_client(site: SiteConfig, setup: ClientSetup) -> tuple[ZOClient, C
     task = get_task(setup.task)
     manifest = load_partition(site.partition_dir)
     data = load_task_data(task)
-    verify_partition(manifest, dataset_fingerprint(data.train))
+    verify_partition(manifest, dataset_fingerprint(data.train), train_files_sha256(task), len(data.train))
     loaded = load_model(site.model or setup.model, device=site.device, dtype=setup.dtype,
                         trust_remote_code=setup.trust_remote_code)
     mask = load_mask(site.mask, loaded.model) if site.mask != "all" else None
