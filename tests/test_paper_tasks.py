@@ -13,7 +13,7 @@ import pytest
 
 from meerkat_core.encoding import render_prompts
 from meerkat_core.tasks import BUILTIN_TASKS, PAPER_TASKS, get_task, load_task_data
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_tiny
 
 # One row per task in the hub schema, the prompt it must give, and its class index.
 ROWS: dict[str, tuple[dict[str, Any], str, int]] = {
@@ -99,10 +99,7 @@ def test_paper_task_prompt_labels_eval_and_one_round(task: str, tmp_path: Path, 
     ev = json.loads(run_cli("eval", "--model", "tiny-llama", "--task", str(spec_file), "--json").stdout)
     assert ev["n"] == 4 and ev["task"] == f"{task}-local" and sum(map(sum, ev["confusion"])) == 4
     run = tmp_path / "run"
-    summary = json.loads(run_cli(
-        "train", "--model", "tiny-llama", "--mask", str(tiny_mask), "--partition", str(part), "--task", str(spec_file),
-        "--rounds", "1", "--local-steps", "2", "--clients-per-round", "2", "--batch-size", "2", "--lr", "1e-2",
-        "--device", "cpu", "--out", str(run), "--json").stdout)
+    summary = train_tiny(tiny_mask, part, str(spec_file), run, rounds=1)
     assert summary["total_client_steps"] == 4 and summary["skipped_steps"] == 0 and summary["eval_n"] == 4
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["loss"] == "classification"  # the default

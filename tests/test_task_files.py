@@ -14,7 +14,7 @@ from meerkat_core.encoding import candidate_batch, encode_split, render_prompts
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.scoring import class_scores, multi_token_classification_loss
 from meerkat_core.tasks import get_task, load_task_data
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_tiny
 
 REVIEWS = [("a delight from start to finish.", "pos"), ("dull and far too long.", "neg"),
            ("the cast is wonderful.", "pos"), ("I walked out halfway.", "neg"), ("sharp, funny, warm.", "pos"),
@@ -168,10 +168,7 @@ def test_partition_data_then_train_multi_token_task(tmp_path: Path, tiny_mask: P
     run_cli("partition", "--data", str(tmp_path / "train.csv"), "--text-column", "review", "--label-column",
             "sentiment", "--clients", "2", "--scheme", "iid", "--seed", "0", "--out", str(part))
     run = tmp_path / "run"
-    summary = json.loads(run_cli(
-        "train", "--model", "tiny-llama", "--mask", str(tiny_mask), "--partition", str(part), "--task", str(p),
-        "--rounds", "2", "--local-steps", "2", "--clients-per-round", "2", "--batch-size", "2", "--lr", "1e-2",
-        "--device", "cpu", "--out", str(run), "--json").stdout)
+    summary = train_tiny(tiny_mask, part, str(p), run, rounds=2)
     assert summary["total_client_steps"] == 8 and summary["skipped_steps"] == 0 and summary["eval_n"] == 4
     losses = [v for ln in (run / "ledger.jsonl").read_text().splitlines() for v in json.loads(ln).get("losses", [])]
     assert len(losses) == 8 and all(0 < v < 5 for v in losses)  # CE over 2 candidates, not over the vocabulary

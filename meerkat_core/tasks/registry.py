@@ -22,6 +22,13 @@ def _hub(path: str, config: str | None = None, test: str = "validation") -> Data
     return DataSource(kind="hub", path=path, config=config, test_split=test)
 
 
+def _super_glue(name: str, description: str, template: str, **kw: object) -> TaskSpec:
+    """A SuperGLUE yes/no task (labels 0 = false, 1 = true unless given) with MeZO's verbalizer."""
+    fields = {"label_names": ("false", "true"), "label_words": YES_NO_AFTER_NEWLINE, **kw}
+    return TaskSpec(name=name, description=description, template=template, data=_hub(SUPER_GLUE, name if name != "wsc"
+                    else "wsc.fixed"), **fields)  # type: ignore[arg-type]
+
+
 BUILTIN_TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in (
@@ -90,30 +97,19 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
             label_column="answer",
             data=_hub("google/boolq"),
         ),
-        TaskSpec(
-            name="rte",
-            description="RTE textual entailment (paper task; SuperGLUE on the hub; validation as test)",
-            label_names=("entailment", "not_entailment"),
-            label_words=("Yes", "No"),  # MeZO: {0: "Yes", 1: "No"}
-            template='{premise}\nDoes this mean that "{hypothesis}" is true? Yes or No?\n',
-            data=_hub(SUPER_GLUE, "rte"),
+        _super_glue(
+            "rte", "RTE textual entailment (paper task; SuperGLUE on the hub; validation as test)",
+            '{premise}\nDoes this mean that "{hypothesis}" is true? Yes or No?\n',
+            label_names=("entailment", "not_entailment"), label_words=("Yes", "No"),  # MeZO: {0: "Yes", 1: "No"}
         ),
-        TaskSpec(
-            name="wsc",
-            description="Winograd schema: does the pronoun refer to the span? (paper task; SuperGLUE wsc.fixed)",
-            label_names=("false", "true"),
-            label_words=YES_NO_AFTER_NEWLINE,
-            template='{text}\nIn the previous sentence, does the pronoun "{span2_text}" refer to {span1_text}? Yes or No?\n',
+        _super_glue(
+            "wsc", "Winograd schema: does the pronoun refer to the span? (paper task; SuperGLUE wsc.fixed)",
+            '{text}\nIn the previous sentence, does the pronoun "{span2_text}" refer to {span1_text}? Yes or No?\n',
             preprocess={"span2_text": ("lower",)},
-            data=_hub(SUPER_GLUE, "wsc.fixed"),
         ),
-        TaskSpec(
-            name="wic",
-            description="Word in context: same meaning in both sentences? (paper task; SuperGLUE wic)",
-            label_names=("false", "true"),
-            label_words=YES_NO_AFTER_NEWLINE,
-            template='Does the word "{word}" have the same meaning in these two sentences? Yes, No?\n{sentence1}\n{sentence2}\n',
-            data=_hub(SUPER_GLUE, "wic"),
+        _super_glue(
+            "wic", "Word in context: same meaning in both sentences? (paper task; SuperGLUE wic)",
+            'Does the word "{word}" have the same meaning in these two sentences? Yes, No?\n{sentence1}\n{sentence2}\n',
         ),
     )
 }
