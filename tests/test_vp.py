@@ -84,7 +84,7 @@ def test_restore_rebuilds_the_stopped_set_from_the_ledger_record() -> None:
 def test_config_validates_the_vp_options() -> None:
     from meerkat_core.errors import MeerkatInputError
 
-    base = dict(model="m", mask="x.mask", partition="p", task="t", out="o", algorithm="meerkat-vp")
+    base = dict(model="m", mask="x.mask", partition="p", task="sentiment2", out="o", algorithm="meerkat-vp")
     check_config(TrainConfig.from_dict(base))
     for bad, match in (({"vp_control": "sometimes"}, "--vp-control"), ({"vp_classifier": "nope"}, "--vp-classifier"),
                        ({"vp_initial_frac": 0.6, "vp_later_frac": 0.6}, "--vp-initial-frac"),
