@@ -4,24 +4,33 @@ Gradient statistics (all methods, whenever calibration batches are given): each 
 ``b`` (``batch_size`` blocks) gives one loss ``L_b`` (the model's causal-LM loss, the mean token
 cross-entropy of that batch) and one gradient by ordinary backprop; per weight
 ``s_i = mean_b (dL_b/dw_i)^2`` and ``gbar_i = mean_b dL_b/dw_i``, accumulated in float32. A smaller last
-batch counts as one ``b`` like the others. Memory: the model, its gradients and two float32
-accumulators the size of the eligible weights; everything else is O(k).
+batch counts as one ``b`` like the others.
 
 Selection: ``sensitivity`` keeps the global top-k by ``s``; ``magnitude`` by ``|w|``; ``random`` k
 uniformly drawn coordinates (seeded). Ties: smaller global index first (see ``select``).
+
+Memory (``gradients``: each parameter's gradient is consumed as soon as autograd completes it, then
+freed). ``sensitivity`` makes two passes over the calibration batches: the first sums ``g * g`` into one
+float32 accumulator the size of the eligible weights and ranks by it; the second backprops the same
+batches again (same order, same RNG state) and sums ``g`` on the k kept weights only. Peak: the model,
+that accumulator, the activations and a few gradients in flight; ``grad_mean`` costs one more backward
+per batch instead of a second d-sized accumulator. ``random`` and ``magnitude`` choose first, then make
+one pass that keeps O(k). The results are bitwise those of dense accumulators (tests/test_mask_compute.py)
+when the backward pass is deterministic (on CPU it is; CUDA's atomic adds may change the last bits of
+``grad_mean``, never the ranking, which comes from one pass).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
 import meerkat_core
 from meerkat_core.corpus import CorpusInfo
-from meerkat_core.errors import MeerkatError, MeerkatInputError
+from meerkat_core.errors import MeerkatInputError
 from meerkat_core.hashing import model_fingerprint
+from meerkat_core.mask.gradients import KeptSums, SquaredSums, backprop_batches, rng_state, set_rng_state
 from meerkat_core.mask.select import excluded, global_topk, random_global, split_global
 from meerkat_core.mask.types import Mask, MaskMeta, TensorMask, k_for_density, validate_density, validate_method
 
@@ -38,76 +47,9 @@ def eligible_parameters(
     return chosen
 
 
-@contextmanager
-def _grad_only_for(model: torch.nn.Module, params: Sequence[torch.nn.Parameter]) -> Iterator[None]:
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in saved:
-            p.requires_grad_(False)
-            p.grad = None
-        for p in params:
-            p.requires_grad_(True)
-        yield
-    finally:
-        for p, flag in saved:
-            p.grad = None
-            p.requires_grad_(flag)
-
-
-class GradStats:
-    """Float32 running sums of g and g^2 per eligible parameter; ``mean``/``mean_sq`` divide by n."""
-
-    def __init__(self, params: Sequence[tuple[str, torch.nn.Parameter]]) -> None:
-        self.names = [n for n, _ in params]
-        self.sum = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for _, p in params]
-        self.sum_sq = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for _, p in params]
-        self.n = 0
-
-    def add_grads(self, params: Sequence[tuple[str, torch.nn.Parameter]]) -> None:
-        for (name, p), acc, acc_sq in zip(params, self.sum, self.sum_sq):
-            g = p.grad
-            if g is None:  # a parameter the loss does not reach: gradient 0
-                continue
-            g = g.detach().to(torch.float32)  # no copy when already float32
-            if not torch.isfinite(g).all():
-                raise MeerkatError(f"non-finite gradient in {name}: the model or calibration data is broken")
-            acc.add_(g)
-            g.mul_(g)  # in place: the gradient buffer is discarded after this
-            acc_sq.add_(g)
-            p.grad = None
-        self.n += 1
-
-    def finalize(self) -> None:
-        """Turn the sums into means, in place."""
-        if self.n == 0:
-            raise MeerkatInputError("the calibration data gave no batch: use --samples of at least 1")
-        for acc, acc_sq in zip(self.sum, self.sum_sq):
-            acc.div_(self.n)
-            acc_sq.div_(self.n)
-
-
-def gradient_stats(
-    model: torch.nn.Module,
-    params: Sequence[tuple[str, torch.nn.Parameter]],
-    batches: Iterable[torch.Tensor],
-    total: int | None = None,
-    progress: ProgressFn | None = None,
-) -> GradStats:
-    """Backprop the causal-LM loss of every batch; return per-weight means of g and g^2."""
-    stats = GradStats(params)
-    device = next(model.parameters()).device
-    with _grad_only_for(model, [p for _, p in params]), torch.enable_grad():
-        for i, batch in enumerate(batches):
-            ids = batch.to(device)
-            loss = model(input_ids=ids, labels=ids).loss
-            if not torch.isfinite(loss):
-                raise MeerkatError(f"calibration batch {i}: the loss is {loss.item()}")
-            loss.backward()
-            stats.add_grads(params)
-            if progress is not None:
-                progress(i + 1, total, "calibration backprop")
-    stats.finalize()
-    return stats
+def _replayable(batches: Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
+    """``batches`` as something that can be iterated twice (an iterator is materialised: token ids only)."""
+    return list(batches) if iter(batches) is batches else batches
 
 
 def _select_by_score(
@@ -163,27 +105,45 @@ def compute_mask(
     d = sum(numels)
     k = k_for_density(density, d)
 
-    stats = gradient_stats(model, params, batches, num_batches, progress) if batches is not None else None
+    data = _replayable(batches) if batches is not None and method == "sensitivity" else batches
+    device = next(model.parameters()).device
+    n_batches = 0
+    msq_kept: list[torch.Tensor] | None = None
+    if method == "sensitivity":
+        assert data is not None
+        start = rng_state(device)
+        squares = SquaredSums(params)
+        n_batches = backprop_batches(model, params, data, squares, total=num_batches, progress=progress)
+        mean_sq = squares.means(n_batches)
+        with torch.no_grad():
+            chosen = _select_by_score(lambda j: mean_sq[j], numels, k, progress)
+            msq_kept = [s.reshape(-1)[c.to(s.device)].cpu() for s, c in zip(mean_sq, chosen)]
+        del squares, mean_sq  # free the d-sized accumulator before the second pass
+        set_rng_state(device, start)  # the second pass sees exactly the first pass's gradients
+        label = "mean gradient on the kept weights"
+    else:
+        with torch.no_grad():
+            if method == "magnitude":
+                chosen = _select_by_score(lambda j: params[j][1].detach().abs().to(torch.float32), numels, k, progress)
+            else:
+                chosen = split_global(random_global(d, k, seed), numels)
+        label = "calibration backprop"
+    chosen = [c.to(torch.long).cpu() for c in chosen]
+
+    gbar_kept: list[torch.Tensor] | None = None
+    if data is not None:
+        kept = KeptSums(params, chosen)
+        n_batches = backprop_batches(model, params, data, kept, which=kept.owners(), total=num_batches,
+                                     progress=progress, label=label)
+        gbar_kept, sq_kept = kept.means(n_batches)
+        msq_kept = msq_kept if msq_kept is not None else sq_kept
 
     with torch.no_grad():
-        if method == "sensitivity":
-            assert stats is not None
-            sum_sq = stats.sum_sq
-            chosen = _select_by_score(lambda j: sum_sq[j], numels, k, progress)
-        elif method == "magnitude":
-            chosen = _select_by_score(lambda j: params[j][1].detach().abs().to(torch.float32), numels, k, progress)
-        else:
-            chosen = split_global(random_global(d, k, seed), numels)
-
         tensors: dict[str, TensorMask] = {}
         for j, ((name, p), local) in enumerate(zip(params, chosen)):
-            local = local.to(torch.long).cpu()
-            if stats is not None:
-                gbar = stats.sum[j].reshape(-1)[local.to(stats.sum[j].device)].cpu()
-                msq = stats.sum_sq[j].reshape(-1)[local.to(stats.sum_sq[j].device)].cpu()
-            else:
-                gbar = torch.zeros(local.numel(), dtype=torch.float32)
-                msq = torch.zeros(local.numel(), dtype=torch.float32)
+            zeros = torch.zeros(local.numel(), dtype=torch.float32)
+            gbar = gbar_kept[j].cpu() if gbar_kept is not None else zeros
+            msq = msq_kept[j].cpu() if msq_kept is not None else zeros
             score = p.detach().reshape(-1)[local.to(p.device)].abs().float().cpu() if method == "magnitude" else msq
             tensors[name] = TensorMask(
                 name=name,
@@ -192,8 +152,6 @@ def compute_mask(
                 grad_mean=gbar.to(torch.float32).contiguous(),
                 score=score.to(torch.float32).contiguous(),
             )
-    n_batches = stats.n if stats is not None else 0
-    del stats
 
     dtypes = sorted({str(p.dtype).replace("torch.", "") for _, p in params})
     meta = MaskMeta(
@@ -208,7 +166,7 @@ def compute_mask(
         seed=seed,
         exclude=tuple(exclude),
         score="abs_weight" if method == "magnitude" else "mean_sq_grad",
-        grad_stats="mean_over_batches" if batches is not None else "none",
+        grad_stats="mean_over_batches" if data is not None else "none",
         batch_size=batch_size,
         n_batches=n_batches,
         meerkat_version=meerkat_core.__version__,
