@@ -283,6 +283,41 @@ def test_streamed_passes_equal_the_dense_reference_bitwise(method: str, variant:
         assert all(not p.requires_grad and p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("variant", ["tied", "dropout", "untied-ties"])
+def test_score_groups_give_the_same_mask_bitwise(variant: str) -> None:
+    """Scoring the parameters group by group (one pass each, a smaller accumulator) changes nothing:
+    same indices, grad_mean and score as one group and as the dense reference, ties at the cut included."""
+    make = {"tied": lambda: tiny_model(), "dropout": lambda: _dropout_model(),
+            "untied-ties": lambda: tiny_model(tie=False)}[variant]
+    data = batches(n_batches=3, seq=16, high=VOCAB // 2 if variant == "untied-ties" else VOCAB)
+    d = sum(p.numel() for p in make().parameters())
+    densities = (0.5,) if variant == "untied-ties" else (1e-3, 0.05)  # 0.5: the cut falls in the zero tie
+    for density in densities:
+        torch.manual_seed(5)
+        ref = _DenseReference.mask(make(), data, density)
+        for groups in (2, 5, 1000):
+            torch.manual_seed(5)
+            mask = compute_mask(make(), data, density=density, score_groups=groups)
+            assert mask.k == k_for_density(density, d)
+            for name, t in mask.tensors.items():
+                idx, gbar, score = ref[name]
+                assert torch.equal(t.indices, idx) and torch.equal(t.grad_mean, gbar), (name, groups)
+                assert torch.equal(t.score, score), (name, groups)
+
+
+def test_split_groups_are_consecutive_balanced_and_nonempty() -> None:
+    from meerkat_core.mask.compute import split_groups
+
+    numels = [5, 100, 1, 1, 50, 50, 3, 90]
+    for g in (1, 2, 3, 4, 8, 20):
+        parts = split_groups(numels, g)
+        assert [j for part in parts for j in part] == list(range(len(numels)))
+        assert len(parts) == min(g, len(numels)) and all(parts)
+    assert [sum(numels[j] for j in part) for part in split_groups(numels, 2)] == [157, 143]
+    with pytest.raises(MeerkatInputError, match="score-groups"):
+        compute_mask(tiny_model(), batches(), density=0.1, score_groups=0)
+
+
 def test_gradients_are_consumed_one_parameter_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """No moment holds the gradients of the whole model: when a parameter's gradient is handed over, no
     other parameter has a .grad, and every pass leaves none behind."""

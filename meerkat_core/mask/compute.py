@@ -76,6 +76,73 @@ def _select_by_score(
     return global_topk(counted, numels, k)
 
 
+def split_groups(numels: Sequence[int], groups: int) -> list[list[int]]:
+    """Consecutive runs of parameter indices with about ``sum(numels) / groups`` weights each (none empty)."""
+    groups = max(1, min(groups, len(numels)))
+    total = sum(numels)
+    out: list[list[int]] = [[]]
+    acc = 0
+    for j, n in enumerate(numels):
+        need = groups - len(out)  # groups still to open
+        if out[-1] and need > 0 and (acc >= total * len(out) / groups or len(numels) - j <= need):
+            out.append([])
+        out[-1].append(j)
+        acc += n
+    return out
+
+
+def _sensitivity_topk(
+    model: torch.nn.Module,
+    params: Sequence[tuple[str, torch.nn.Parameter]],
+    data: Iterable[torch.Tensor],
+    k: int,
+    groups: int,
+    total: int | None,
+    progress: ProgressFn | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """Per tensor: the kept positions (exact global top-k of the mean squared gradient, ties to the
+    smaller global index) and their mean squared gradients; and the number of batches.
+
+    Each group of parameters gets its own pass (same batches, same RNG state) and contributes its own
+    top-k candidates: every member of the global top-k is in its group's top-k under the same order,
+    so the best k of the union (score descending, global index ascending) is the global answer.
+    """
+    numels = [p.numel() for _, p in params]
+    offsets = [0]
+    for n in numels[:-1]:
+        offsets.append(offsets[-1] + n)
+    device = next(model.parameters()).device
+    start = rng_state(device)
+    parts = split_groups(numels, groups)
+    cand_idx: list[torch.Tensor] = []
+    cand_val: list[torch.Tensor] = []
+    n_batches = 0
+    for g, js in enumerate(parts):
+        set_rng_state(device, start)  # every pass sees the same dropout draws
+        squares = SquaredSums(params, js)
+        label = "calibration backprop" if len(parts) == 1 else f"calibration backprop, group {g + 1}/{len(parts)}"
+        n_batches = backprop_batches(model, params, data, squares, which=js, total=total, progress=progress,
+                                     label=label)
+        mean_sq = squares.means(n_batches)
+        with torch.no_grad():
+            local = _select_by_score(lambda i: mean_sq[js[i]], [numels[j] for j in js], k, progress)
+            for j, pos in zip(js, local):
+                pos = pos.to(torch.long).cpu()
+                cand_idx.append(pos + offsets[j])
+                cand_val.append(mean_sq[j].reshape(-1)[pos.to(mean_sq[j].device)].cpu())
+        del squares, mean_sq  # free this group's accumulator before the next pass
+    set_rng_state(device, start)  # the grad_mean pass sees exactly these gradients too
+    gidx, vals = torch.cat(cand_idx), torch.cat(cand_val)
+    by_index = torch.argsort(gidx, stable=True)
+    gidx, vals = gidx[by_index], vals[by_index]
+    best = torch.sort(vals, descending=True, stable=True).indices[:k]  # ties: smaller global index first
+    keep = torch.sort(gidx[best]).indices
+    gidx, vals = gidx[best][keep], vals[best][keep]
+    chosen = split_global(gidx, numels)
+    sizes = [c.numel() for c in chosen]
+    return chosen, list(torch.split(vals, sizes)), n_batches
+
+
 def compute_mask(
     model: torch.nn.Module,
     batches: Iterable[torch.Tensor] | None,
@@ -89,13 +156,18 @@ def compute_mask(
     batch_size: int = 0,
     num_batches: int | None = None,
     progress: ProgressFn | None = None,
+    score_groups: int = 1,
 ) -> Mask:
     """Compute a mask of ``model`` (see the module docstring).
 
     ``batches`` yields LongTensor [B, L] token ids; it may be ``None`` for ``random``/``magnitude``
     (then ``grad_mean`` is zero and ``score`` of ``random`` is zero). ``corpus``, ``batch_size`` and
-    ``model_name`` are recorded in the metadata only.
+    ``model_name`` are recorded in the metadata only. ``score_groups`` (sensitivity): split the
+    eligible parameters into that many groups and score one group per pass over the batches, so the
+    float32 score accumulator is 1/``score_groups`` of d; the mask is the same, bit for bit.
     """
+    if not isinstance(score_groups, int) or isinstance(score_groups, bool) or score_groups < 1:
+        raise MeerkatInputError(f"--score-groups {score_groups}: must be a whole number of at least 1")
     density = validate_density(density)
     validate_method(method)
     if method == "sensitivity" and batches is None:
@@ -111,15 +183,7 @@ def compute_mask(
     msq_kept: list[torch.Tensor] | None = None
     if method == "sensitivity":
         assert data is not None
-        start = rng_state(device)
-        squares = SquaredSums(params)
-        n_batches = backprop_batches(model, params, data, squares, total=num_batches, progress=progress)
-        mean_sq = squares.means(n_batches)
-        with torch.no_grad():
-            chosen = _select_by_score(lambda j: mean_sq[j], numels, k, progress)
-            msq_kept = [s.reshape(-1)[c.to(s.device)].cpu() for s, c in zip(mean_sq, chosen)]
-        del squares, mean_sq  # free the d-sized accumulator before the second pass
-        set_rng_state(device, start)  # the second pass sees exactly the first pass's gradients
+        chosen, msq_kept, n_batches = _sensitivity_topk(model, params, data, k, score_groups, num_batches, progress)
         label = "mean gradient on the kept weights"
     else:
         with torch.no_grad():

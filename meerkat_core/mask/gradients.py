@@ -10,8 +10,8 @@ keeps, plus the few gradients autograd is still summing.
 Consumers (``add(j, g)`` with ``g`` the float32 gradient of eligible parameter ``j``; ``g`` may be
 overwritten):
 
-* ``SquaredSums``: per eligible weight the float32 sum of ``g * g`` over the batches (one d-sized
-  accumulator): what the sensitivity ranking needs.
+* ``SquaredSums``: per weight of the given parameters the float32 sum of ``g * g`` over the batches
+  (a d-sized accumulator when it covers them all): what the sensitivity ranking needs.
 * ``KeptSums``: the float32 sums of ``g`` and ``g * g`` on given kept positions only (O(k)).
 
 Both add batch by batch in batch order with the same float32 operations (``g * g``, then ``+``), so
@@ -36,17 +36,19 @@ class GradConsumer(Protocol):
 
 
 class SquaredSums:
-    """Float32 ``sum_b g_b * g_b`` per eligible parameter; ``means(n)`` divides in place."""
+    """Float32 ``sum_b g_b * g_b`` for the eligible parameters ``which`` (default all); ``means(n)``
+    divides in place and returns {j: mean of g^2}."""
 
-    def __init__(self, params: Named) -> None:
-        self.sq = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for _, p in params]
+    def __init__(self, params: Named, which: Sequence[int] | None = None) -> None:
+        which = range(len(params)) if which is None else which
+        self.sq = {j: torch.zeros(params[j][1].shape, dtype=torch.float32, device=params[j][1].device) for j in which}
 
     def add(self, j: int, g: torch.Tensor) -> None:
         g.mul_(g)  # in place: the gradient is discarded after this
         self.sq[j].add_(g)
 
-    def means(self, n: int) -> list[torch.Tensor]:
-        for s in self.sq:
+    def means(self, n: int) -> dict[int, torch.Tensor]:
+        for s in self.sq.values():
             s.div_(n)
         return self.sq
 
