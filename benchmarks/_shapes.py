@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ class Shape:
     real_vocab: int
     source: str
     norm_identity: float = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def hf_config(self) -> Any:
         from transformers import AutoConfig
@@ -111,6 +110,14 @@ def _init_kind(name: str) -> str:
     return "normal"
 
 
+def copy_tokenizer(src: Path, dest: Path) -> None:
+    """Copy a model directory's tokenizer files (not its weights) into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja"):
+            shutil.copy2(f, dest / f.name)
+
+
 def write_model_dir(shape: Shape, out: Path, dtype: str = "float32", seed: int = 0, tokenizer_dir: Path | None = None,
                     chunk: int = 1 << 24) -> Path:
     """Write ``shape`` as an HF directory at ``out`` (config, weights, SmolLM2's tokenizer); kept if present.
@@ -155,9 +162,7 @@ def write_model_dir(shape: Shape, out: Path, dtype: str = "float32", seed: int =
         fh.flush()
         os.fsync(fh.fileno())
     if tokenizer_dir is not None:
-        for f in Path(tokenizer_dir).iterdir():
-            if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja"):
-                shutil.copy2(f, tmp / f.name)
+        copy_tokenizer(Path(tokenizer_dir), tmp)
     (tmp / "meerkat_shape.json").write_text(json.dumps({"shape": shape.name, "source": shape.source, "dtype": dtype,
                                                          "seed": seed, "vocab": SMOL_VOCAB,
                                                          "real_vocab": shape.real_vocab}, indent=2))

@@ -303,13 +303,9 @@ def tokenizer_dir(work: Path) -> Path:
     if not (dest / "tokenizer.json").is_file():
         from meerkat_core.models.gguf_cache import ensure_smollm2_dir
 
-        src = ensure_smollm2_dir()
         tmp = work / "tokenizer.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for f in src.iterdir():
-            if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja"):
-                shutil.copy2(f, tmp / f.name)
+        _shapes.copy_tokenizer(ensure_smollm2_dir(), tmp)
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
     return dest
@@ -418,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {k: v for k, v in vars(args).items() if k not in ("child", "spec")},
         "tokenizer": "SmolLM2's (vocabulary 49,152) for every shape",
         "interpreter_rss": interp,
-        "gpu": "not measured: no GPU on this machine" if not _cuda() else "present but not used (CPU rows only)",
+        "gpu": "not measured: no GPU on this machine" if not _common.cuda_available() else "present but not used (CPU rows only)",
         "shapes": [],
     }
     for name in args.shapes:
@@ -426,15 +422,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report(res)
     _common.write_json(Path(args.out), res)
     return res
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover
-        return False
 
 
 def _g(n: float | None) -> str:
