@@ -25,7 +25,10 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 
+from meerkat_core import heap
 from meerkat_core.errors import MeerkatError, MeerkatInputError
+
+_CHECK_PIECE = 1 << 22  # elements per finiteness check (a bool temporary, not one the size of the tensor)
 
 ProgressFn = Callable[[int, "int | None", str], None]
 Named = Sequence[tuple[str, torch.nn.Parameter]]
@@ -105,9 +108,11 @@ def _streamed(params: Named, which: Sequence[int], consumer: GradConsumer) -> It
             if g is None:
                 return
             g = g.detach().to(torch.float32)  # no copy when already float32
-            if not torch.isfinite(g).all():
+            if not all(bool(torch.isfinite(piece).all()) for piece in g.view(-1).split(_CHECK_PIECE)):
                 raise MeerkatError(f"non-finite gradient in {name}: the model or calibration data is broken")
             consumer.add(j, g)
+            del g
+            heap.trim()  # freed activations and gradients go back before the next (larger) allocation
 
         return hook
 

@@ -23,26 +23,17 @@ storage still used elsewhere) the memory is released later, when the old tensors
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
-import sys
 from typing import Iterable
 
 import torch
 from torch import nn
 
+from meerkat_core import heap
+
 CHUNK = 16 << 20  # bytes copied between two page drops
 TRIM_EVERY = 32 << 20  # bytes released to the heap between two malloc_trim calls
 _MADV_DONTNEED = 4  # Linux
-
-
-def _libc() -> ctypes.CDLL | None:
-    if sys.platform != "linux":
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
 
 
 def _exclusive(t: torch.Tensor) -> bool:
@@ -58,7 +49,7 @@ class Relocator:
     """Moves parameters into new memory (``move``), releasing each one's old memory as it is copied."""
 
     def __init__(self) -> None:
-        self._libc = _libc()
+        self._libc = heap.libc()
         self._page = mmap.PAGESIZE
         self._freed = 0
 
@@ -107,5 +98,4 @@ class Relocator:
     def trim(self) -> None:
         """Hand freed heap memory back to the OS (glibc ``malloc_trim``; elsewhere nothing)."""
         self._freed = 0
-        if self._libc is not None and hasattr(self._libc, "malloc_trim"):
-            self._libc.malloc_trim(0)
+        heap.trim()
