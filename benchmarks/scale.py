@@ -121,14 +121,14 @@ def child(phase: str, spec: dict[str, Any]) -> dict[str, Any]:
     res["interpreter_rss"] = _common.rss_bytes()
     t0 = time.perf_counter()
     if phase == "train":
-        from meerkat_core.fed.config import TrainConfig
+        from meerkat_core.config.train import EvalSettings, TrainConfig
         from meerkat_core.fed.simulator import build_federation, run_round
 
         with tempfile.TemporaryDirectory() as out:
             cfg = TrainConfig(model=spec["model"], mask=spec["mask"], partition=spec["partition"], task=spec["task"],
                               out=out, rounds=1, local_steps=spec["steps"], clients_per_round=spec["clients"],
                               batch_size=spec["batch_size"], max_length=spec["max_length"], device="cpu",
-                              dtype=spec["dtype"], eval_limit=16, seed=0)
+                              dtype=spec["dtype"], eval=EvalSettings(limit=16), seed=0)
             fed = build_federation(cfg)
         res["setup_s"] = time.perf_counter() - t0
         res["setup_peak"] = _common.hwm_bytes()
