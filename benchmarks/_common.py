@@ -41,6 +41,15 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
+
+
 def ensure_mask(path: Path, model: str, method: str = "sensitivity", density: float = 1e-3, seed: int = 0,
                 quick: bool = True) -> Path:
     """A mask at ``path`` (computed once with ``meerkat_core.api.make_mask``; kept). ``quick`` uses a few

@@ -55,7 +55,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default="cuda" if _common.cuda_available() else "cpu")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="runs/bench/memory")
@@ -71,15 +71,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if args.mask is None and not args.quick and {"zo", "zo-noflat"} & set(args.arms) and not args.child:
         p.error("--mask is required for the zo arm (make one with `meerkat mask --model MODEL --out FILE`)")
     return args
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover
-        return False
 
 
 # -- child ----------------------------------------------------------------------------------------

@@ -200,3 +200,37 @@ def test_accuracy_sweep_quick(tmp_path: Path, tiny_mask: Path) -> None:
     # a finished run is not read back for other settings (the run directory's name does not hold lr or eps)
     with pytest.raises(SystemExit, match=r"made with other settings: eps=0\.001 \(now 0\.002\)"):
         mod.main(argv + ["--eps", "0.002"])
+
+
+@pytest.mark.slow
+def test_scale_quick(tmp_path: Path) -> None:
+    """benchmarks/scale.py --quick: three fresh subprocesses (inference, mask, train) on a small shape
+    written as a local HF directory; the peaks must hold at least the weights, the mask and the
+    training must agree on k, and the ratios must be what the recorded figures give."""
+    out = tmp_path / "scale.json"
+    doc = load("scale").main(["--quick", "--work", str(tmp_path / "w"), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    (shape,) = saved["shapes"]
+    assert shape["shape"] == "quick" and shape["d"] == doc["shapes"][0]["d"] > 0
+    row = shape["dtypes"]["fp32"]
+    inf, mask, train = row["inference"], row["mask"], row["train"]
+    weights = 4 * shape["d"]
+    for phase in (inf, mask, train):
+        assert not phase.get("failed"), phase
+        assert phase["param_bytes"] == weights and phase["peak_rss"] > weights
+        assert "meerkat_core" in phase["meerkat_core"]
+    from meerkat_core.mask import k_for_density
+
+    k = k_for_density(1e-3, shape["d"])
+    assert mask["k"] == train["k"] == k and mask["method"] == "sensitivity"
+    assert train["round_steps"] == 2 * 2  # clients x local steps
+    assert train["setup_peak"] <= train["peak_rss"] and train["steady_peak"] <= train["peak_rss"]
+    assert row["train_peak_over_inference_peak"] == pytest.approx(train["peak_rss"] / inf["peak_rss"])
+    assert row["mask_peak_over_fp32_weights"] == pytest.approx(mask["peak_rss"] / weights)
+    assert finite_pos(train["step_over_two_forwards"]) and finite_pos(mask["mask_s"])
+    assert row["estimate"]["score_groups"] == 1 and row["skipped"] == {}
+    # a budget nothing fits: the phases are reported from their estimates, not run
+    tiny = load("scale").main(["--quick", "--work", str(tmp_path / "w"), "--budget-gib", "0.01",
+                               "--out", str(tmp_path / "none.json")])
+    skipped = tiny["shapes"][0]["dtypes"]["fp32"]["skipped"]
+    assert set(skipped) == {"inference", "mask", "train"} and all("estimated peak" in v for v in skipped.values())

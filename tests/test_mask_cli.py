@@ -68,6 +68,18 @@ def test_missing_model_or_out_exits_2(tmp_path: Path, fake_models) -> None:
     assert run("--model", "tiny", "--method", "fisher", "--out", str(tmp_path / "x")).exit_code == 2
 
 
+def test_score_groups_write_the_same_file(tmp_path: Path, fake_models, corpus_file: Path) -> None:
+    common = ["--model", "tiny", "--corpus", str(corpus_file), "--density", "0.01", "--samples", "6",
+              "--seq-len", "16", "--batch-size", "4"]
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert run(*common, "--out", str(a)).exit_code == 0
+    result = run(*common, "--score-groups", "3", "--out", str(b))
+    assert result.exit_code == 0, result.output
+    assert a.read_bytes() == b.read_bytes()
+    result = run(*common, "--score-groups", "0", "--out", str(tmp_path / "c.safetensors"))
+    assert result.exit_code == 2 and "score-groups" in result.output
+
+
 def test_compute_then_stats_then_compare(tmp_path: Path, fake_models, corpus_file: Path) -> None:
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     common = ["--model", "tiny", "--corpus", str(corpus_file), "--density", "0.01", "--samples", "6",

@@ -198,6 +198,167 @@ def test_exclude_globs_and_regexes() -> None:
         compute_mask(model, data, density=0.05, exclude=["*"])
 
 
+class _DenseReference:
+    """The algorithm before the streamed passes (kept as the reference): two dense float32 accumulators
+    (sum g, sum g*g), filled from every parameter's .grad after each backward, then divided by n."""
+
+    @staticmethod
+    def mask(model, data, density: float, method: str = "sensitivity", seed: int = 0, exclude=()):
+        from meerkat_core.mask.compute import eligible_parameters
+        from meerkat_core.mask.types import k_for_density
+
+        params = eligible_parameters(model, exclude)
+        numels = [p.numel() for _, p in params]
+        k = k_for_density(density, sum(numels))
+        flags = [p.requires_grad for p in model.parameters()]
+        for _, p in params:
+            p.requires_grad_(True)
+        s = [torch.zeros(p.shape, dtype=torch.float32) for _, p in params]
+        sq = [torch.zeros(p.shape, dtype=torch.float32) for _, p in params]
+        n = 0
+        with torch.enable_grad():
+            for b in data:
+                model(input_ids=b, labels=b).loss.backward()
+                for (_, p), acc, acc_sq in zip(params, s, sq):
+                    if p.grad is None:
+                        continue
+                    g = p.grad.detach().to(torch.float32)
+                    acc.add_(g)
+                    g.mul_(g)
+                    acc_sq.add_(g)
+                    p.grad = None
+                n += 1
+        for acc, acc_sq in zip(s, sq):
+            acc.div_(n)
+            acc_sq.div_(n)
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+        with torch.no_grad():
+            if method == "sensitivity":
+                chosen = global_topk(lambda j: sq[j], numels, k)
+            elif method == "magnitude":
+                chosen = global_topk(lambda j: params[j][1].detach().abs().float(), numels, k)
+            else:
+                chosen = split_global(random_global(sum(numels), k, seed), numels)
+        out = {}
+        for j, ((name, p), c) in enumerate(zip(params, chosen)):
+            score = p.detach().reshape(-1)[c].abs().float() if method == "magnitude" else sq[j].reshape(-1)[c]
+            out[name] = (c, s[j].reshape(-1)[c], score)
+        return out
+
+
+def _dropout_model(seed: int = 0) -> transformers.LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.3)
+    model = transformers.LlamaForCausalLM(cfg).train()  # dropout active: the two passes must draw alike
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("method", ["sensitivity", "random", "magnitude"])
+@pytest.mark.parametrize("variant", ["tied", "untied", "bf16", "dropout", "exclude"])
+def test_streamed_passes_equal_the_dense_reference_bitwise(method: str, variant: str) -> None:
+    """Same indices, grad_mean and score as the dense two-accumulator algorithm, bit for bit, and the
+    global RNG left where that algorithm leaves it."""
+    exclude = ("*embed_tokens*",) if variant == "exclude" else ()
+    for density in (1e-3, 0.3, 1.0) if variant == "tied" else (1e-3, 0.3):
+        make = {"tied": lambda: tiny_model(), "untied": lambda: tiny_model(tie=False), "exclude": lambda: tiny_model(),
+                "bf16": lambda: tiny_model().to(torch.bfloat16), "dropout": lambda: _dropout_model()}[variant]
+        data = batches(n_batches=4, seq=16)
+        torch.manual_seed(99)
+        ref = _DenseReference.mask(make(), data, density, method, seed=3, exclude=exclude)
+        ref_rng = torch.get_rng_state()
+        torch.manual_seed(99)
+        model = make()
+        mask = compute_mask(model, iter(data), density=density, method=method, seed=3, exclude=exclude)
+        assert torch.equal(torch.get_rng_state(), ref_rng)
+        assert list(mask.tensors) == list(ref)
+        for name, t in mask.tensors.items():
+            idx, gbar, score = ref[name]
+            assert torch.equal(t.indices, idx), (name, density)
+            assert torch.equal(t.grad_mean, gbar), (name, density)
+            assert torch.equal(t.score, score), (name, density)
+        assert mask.meta.n_batches == 4
+        assert all(not p.requires_grad and p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("variant", ["tied", "dropout", "untied-ties"])
+def test_score_groups_give_the_same_mask_bitwise(variant: str) -> None:
+    """Scoring the parameters group by group (one pass each, a smaller accumulator) changes nothing:
+    same indices, grad_mean and score as one group and as the dense reference, ties at the cut included."""
+    make = {"tied": lambda: tiny_model(), "dropout": lambda: _dropout_model(),
+            "untied-ties": lambda: tiny_model(tie=False)}[variant]
+    data = batches(n_batches=3, seq=16, high=VOCAB // 2 if variant == "untied-ties" else VOCAB)
+    d = sum(p.numel() for p in make().parameters())
+    densities = (0.5,) if variant == "untied-ties" else (1e-3, 0.05)  # 0.5: the cut falls in the zero tie
+    for density in densities:
+        torch.manual_seed(5)
+        ref = _DenseReference.mask(make(), data, density)
+        for groups in (2, 5, 1000):
+            torch.manual_seed(5)
+            mask = compute_mask(make(), data, density=density, score_groups=groups)
+            assert mask.k == k_for_density(density, d)
+            for name, t in mask.tensors.items():
+                idx, gbar, score = ref[name]
+                assert torch.equal(t.indices, idx) and torch.equal(t.grad_mean, gbar), (name, groups)
+                assert torch.equal(t.score, score), (name, groups)
+
+
+def test_split_groups_are_consecutive_balanced_and_nonempty() -> None:
+    from meerkat_core.mask.compute import split_groups
+
+    numels = [5, 100, 1, 1, 50, 50, 3, 90]
+    for g in (1, 2, 3, 4, 8, 20):
+        parts = split_groups(numels, g)
+        assert [j for part in parts for j in part] == list(range(len(numels)))
+        assert len(parts) == min(g, len(numels)) and all(parts)
+    assert [sum(numels[j] for j in part) for part in split_groups(numels, 2)] == [157, 143]
+    with pytest.raises(MeerkatInputError, match="score-groups"):
+        compute_mask(tiny_model(), batches(), density=0.1, score_groups=0)
+
+
+def test_gradients_are_consumed_one_parameter_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No moment holds the gradients of the whole model: when a parameter's gradient is handed over, no
+    other parameter has a .grad, and every pass leaves none behind."""
+    from meerkat_core.mask import gradients
+
+    model, data = tiny_model(), batches()
+    params = list(model.parameters())
+    seen: list[int] = []
+    for cls in (gradients.SquaredSums, gradients.KeptSums):
+        orig = cls.add
+
+        def add(self, j, g, _orig=orig):
+            seen.append(sum(p.grad is not None for p in params))
+            return _orig(self, j, g)
+
+        monkeypatch.setattr(cls, "add", add)
+    labels: list[str] = []
+    compute_mask(model, data, density=0.02, progress=lambda i, n, label: labels.append(label))
+    assert seen and max(seen) == 0
+    assert labels.count("calibration backprop") == 3 and labels.count("mean gradient on the kept weights") == 3
+
+
+def test_second_pass_backprops_only_tensors_that_own_kept_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meerkat_core.mask import gradients
+
+    model, data = tiny_model(), batches(n_batches=1)
+    calls: list[list[int]] = []
+    orig = gradients.backprop_batches
+
+    def spy(model_, params, batches_, consumer, *, which=None, **kw):
+        calls.append(list(range(len(params))) if which is None else list(which))
+        return orig(model_, params, batches_, consumer, which=which, **kw)
+
+    monkeypatch.setattr("meerkat_core.mask.compute.backprop_batches", spy)
+    mask = compute_mask(model, data, density=1e-3)
+    names = [n for n, _ in model.named_parameters()]
+    assert len(calls) == 2 and calls[0] == list(range(len(names)))
+    assert [names[j] for j in calls[1]] == [n for n, t in mask.tensors.items() if t.k]
+    assert len(calls[1]) < len(names)  # at this density some tensors own nothing
+
+
 def _brute(flat: torch.Tensor, k: int) -> np.ndarray:
     return np.sort(np.lexsort((np.arange(flat.numel()), -flat.double().numpy()))[: min(k, flat.numel())])
 

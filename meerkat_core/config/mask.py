@@ -28,6 +28,9 @@ class MaskConfig:
     exclude: List[str] = setting(default_factory=list, help="Parameter names to leave out: a glob over the full "
                                                             "name, or re:REGEX (repeatable).")
     method: str = setting("sensitivity", choices=MASK_METHODS, help="How weights are scored.")
+    score_groups: int = setting(1, help="Score the weights in N groups, one pass over the calibration text each: "
+                                        "the float32 score buffer shrinks to 1/N of the model (for models near the "
+                                        "memory limit); the same mask, N + 1 passes instead of 2.")
     seed: int = setting(0, help="Seed for corpus sampling and the random method.")
     device: str = setting("auto", help="auto | cpu | cuda[:N].")
     dtype: str = setting("auto", help="auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16.")
@@ -38,7 +41,8 @@ class MaskConfig:
         """Checks that need no model or data; raises ``MeerkatInputError`` naming the flag."""
         validate_density(self.density)
         settings.check_choices(self)
-        for flag, value in (("--samples", self.samples), ("--seq-len", self.seq_len), ("--batch-size", self.batch_size)):
+        for flag, value in (("--samples", self.samples), ("--seq-len", self.seq_len), ("--batch-size", self.batch_size),
+                            ("--score-groups", self.score_groups)):
             if value < 1:
                 raise MeerkatInputError(f"{flag} {value}: must be at least 1")
         if Path(self.out).is_dir():

@@ -1,6 +1,6 @@
 """The transferable sparse mask (METHOD.md section 1): compute, save/load, inspect."""
 
-from meerkat_core.mask.compute import compute_mask, eligible_parameters, gradient_stats
+from meerkat_core.mask.compute import compute_mask, eligible_parameters
 from meerkat_core.mask.io import check_mask_matches, load_mask, mask_to_bytes, save_mask
 from meerkat_core.mask.select import excluded, topk_exact, unmatched_patterns
 from meerkat_core.mask.stats import MaskComparison, MaskStats, compare_masks, layer_of, mask_stats, module_type
@@ -30,7 +30,6 @@ __all__ = [
     "compute_mask",
     "eligible_parameters",
     "excluded",
-    "gradient_stats",
     "k_for_density",
     "layer_of",
     "load_mask",

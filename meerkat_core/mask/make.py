@@ -54,7 +54,7 @@ def make_mask(cfg: MaskConfig, progress: ProgressFn | None = None, on_event: Eve
     mask = compute_mask(
         loaded.model, calib.batches(cfg.batch_size), density=cfg.density, method=cfg.method, exclude=cfg.exclude,
         seed=cfg.seed, model_name=loaded.name, corpus=calib.info, batch_size=cfg.batch_size,
-        num_batches=calib.num_batches(cfg.batch_size), progress=progress,
+        num_batches=calib.num_batches(cfg.batch_size), progress=progress, score_groups=cfg.score_groups,
     )
     path = save_mask(mask, cfg.out)
     return MaskMade(mask=mask, path=path, file_bytes=path.stat().st_size, seconds=time.perf_counter() - start,

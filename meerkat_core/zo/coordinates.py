@@ -13,8 +13,10 @@
   Parameter object, so they stay tied. Perturb/restore/update are then one ``index_copy_`` per buffer
   over global flat indices, not one op per tensor. Parameters that cannot be flattened (non-float,
   storage shared between distinct Parameters, tensor subclasses) get per-tensor segments instead;
-  ``flatten=False`` forces that everywhere. Build the object after the model has its final device
-  and dtype: ``model.to(...)`` afterwards re-allocates the weights (``check_layout`` detects it).
+  ``flatten=False`` forces that everywhere. The move goes one parameter at a time, each one's old
+  memory released before the next (``relocate``), so the weights never exist twice, on CPU (memory-
+  mapped or not) or on an accelerator (staged through host memory). Build the object after the model
+  has its final device and dtype: ``model.to(...)`` afterwards re-allocates the weights (``check_layout`` detects it).
 * ``indices=None`` selects every weight (full-parameter ZO baseline, k = d). Then perturb/update
   work on the flat buffer in pieces and, when d exceeds ``z_cache_limit``, redraw z per piece from
   (key, offset) instead of holding a d-sized z.
@@ -35,6 +37,7 @@ from torch import nn
 
 from meerkat_core.errors import MeerkatError, MeerkatInputError
 from meerkat_core.zo import rng
+from meerkat_core.zo.relocate import Relocator
 from meerkat_core.zo.update import apply_update
 
 __all__ = ["SparseCoordinates", "TensorSpan"]
@@ -153,21 +156,21 @@ def _overlapping(params: list[nn.Parameter]) -> set[int]:
     return out
 
 
-def _own_cpu_storage(params: list[nn.Parameter], done: set[int]) -> None:
+def _own_cpu_storage(params: list[nn.Parameter], done: set[int], mover: Relocator) -> None:
     """Give the CPU parameters that were not flattened memory of their own.
 
-    Weights loaded from safetensors are views of one memory-mapped file. Flattening copies the
-    parameters that own coordinates, but the remaining ones keep the whole mapping alive, and with it
-    every page the copy read: resident memory then holds the weights twice (1.9x inference on
-    SmolLM2, benchmarks/memory.py). Copying the rest releases the mapping. Aliased parameters are
-    left alone (copying would un-tie them).
+    Weights loaded from safetensors are views of one memory-mapped file. The parameters that own no
+    coordinate would keep the whole mapping alive, and with it every page that flattening read, where
+    the pages cannot be dropped one tensor at a time (``relocate``: Linux only): resident memory then
+    holds the weights twice (1.9x inference on SmolLM2, benchmarks/memory.py). Moving the rest
+    releases the mapping. Aliased parameters are left alone (moving would un-tie them).
     """
     rest = [p for p in params if id(p) not in done and p.device.type == "cpu" and _flattenable(p)]
     aliased = _overlapping(rest)
-    with torch.no_grad():
-        for p in rest:
-            if id(p) not in aliased:
-                p.data = p.data.clone()
+    for p in rest:
+        if id(p) not in aliased:
+            mover.move(p, torch.empty_like(p.data, memory_format=torch.contiguous_format))
+    mover.trim()
 
 
 class SparseCoordinates:
@@ -210,9 +213,10 @@ class SparseCoordinates:
         self._flats: list[_Flat] = []
         self._segments: list[_Segment] = []
         self._layout: list[tuple[nn.Parameter, int, torch.dtype, torch.device]] = []
-        self._build(flatten)
+        mover = Relocator()
+        self._build(flatten, mover)
         if self._flats:
-            _own_cpu_storage([p for _, p in named], {id(p) for f in self._flats for p, _, _ in f.params})
+            _own_cpu_storage([p for _, p in named], {id(p) for f in self._flats for p, _, _ in f.params}, mover)
         with torch.no_grad():
             self._x = torch.empty(self.k, dtype=torch.float32, device=self.device)
             for seg in self._segments:
@@ -260,8 +264,14 @@ class SparseCoordinates:
             k += cnt
         return spans
 
-    def _build(self, flatten: bool) -> None:
-        """Flatten what can be flattened, then derive the segments (merged runs)."""
+    def _build(self, flatten: bool, mover: Relocator | None = None) -> None:
+        """Flatten what can be flattened, then derive the segments (merged runs).
+
+        Flattening moves one parameter at a time and releases its old memory before the next
+        (``relocate``), so the weights never exist twice; on an accelerator the group is staged
+        through host memory first, so the device never holds both copies either.
+        """
+        mover = mover or Relocator()
         params = [p for _, p in self._spans_params]
         aliased = _overlapping(params)
         groups: dict[tuple[torch.dtype, torch.device], list[nn.Parameter]] = {}
@@ -272,19 +282,20 @@ class SparseCoordinates:
         where: dict[int, tuple[torch.Tensor, int]] = {}  # id(param) -> (1-D target, offset)
         with torch.no_grad():
             for (dtype, dev), ps in groups.items():
+                if dev.type != "cpu":
+                    mover.stage_on_host(ps)
                 total = sum(p.numel() for p in ps)
-                buf = torch.empty(total, dtype=dtype, device=dev)
+                buf = torch.empty(total, dtype=dtype, device=dev)  # on CPU, pages are committed as filled
                 flat = _Flat(buf, [])
                 off = 0
                 for p in ps:
                     n = p.numel()
-                    view = buf[off : off + n]
-                    view.copy_(p.data.reshape(-1))
-                    p.data = view.view(p.shape)
+                    mover.move(p, buf[off : off + n].view(p.shape))
                     flat.params.append((p, off, n))
                     where[id(p)] = (buf, off)
                     off += n
                 self._flats.append(flat)
+            mover.trim()
             for p in params:
                 if id(p) not in where:
                     if p.device.type == "meta":
