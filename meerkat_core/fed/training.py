@@ -16,6 +16,7 @@ from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.fed.server import RoundOutcome
 from meerkat_core.fed.state import state_crc
+from meerkat_core.fed.vp import calibration_warning
 from meerkat_core.fed.simulator import (
     Federation,
     build_federation,
@@ -24,7 +25,7 @@ from meerkat_core.fed.simulator import (
     run_round,
     write_checkpoint,
 )
-from meerkat_core.gradip.classify import make_classifier
+from meerkat_core.gradip.classify import classifier_from_settings
 from meerkat_core.gradip.log import GradipLog
 from meerkat_core.rundir import CHECKPOINTS, RunDir, check_run_dir, run_dir_lock
 
@@ -35,9 +36,9 @@ RoundRunner = Callable[[Federation, int], tuple[RoundOutcome, dict[int, tuple[in
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg.validate()`` plus what needs the registries (the Meerkat-vp classifier's name)."""
+    """``cfg.validate()`` plus what needs the registries (the Meerkat-vp classifier and its parameters)."""
     cfg.validate()
-    make_classifier(cfg.vp.classifier, cfg.vp.classifier_params())  # an unknown name is an input error
+    classifier_from_settings(cfg.vp)  # an unknown name, parameter or value is an input error
     return cfg
 
 
@@ -94,6 +95,9 @@ def _train_locked(
 ) -> dict[str, Any]:
     fed = build(cfg)  # loads and checks every input before anything is written
     say = on_event or (lambda msg: None)
+    warning = calibration_warning(cfg)
+    if warning:
+        say(f"warning: {warning}")
     start = time.perf_counter()
     if cfg.resume:
         done, metrics, gradip = _restore(fed, run)
