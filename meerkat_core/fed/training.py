@@ -28,6 +28,7 @@ from meerkat_core.fed.simulator import (
 from meerkat_core.gradip.classify import classifier_from_settings
 from meerkat_core.gradip.log import GradipLog
 from meerkat_core.rundir import CHECKPOINTS, RunDir, check_run_dir, run_dir_lock
+from meerkat_core.tasks import get_task
 
 RoundCallback = Callable[[dict[str, Any]], None]
 # One round: (outcome, per-client (bytes_down, bytes_up) of the protocol encodings, extra metrics-row
@@ -36,9 +37,11 @@ RoundRunner = Callable[[Federation, int], tuple[RoundOutcome, dict[int, tuple[in
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg.validate()`` plus what needs the registries (the Meerkat-vp classifier and its parameters)."""
+    """``cfg.validate()`` plus what needs the registries (the Meerkat-vp classifier and its parameters) and
+    the task (a bad task file is refused before the run directory, and its lock, exists)."""
     cfg.validate()
     classifier_from_settings(cfg.vp)  # an unknown name, parameter or value is an input error
+    get_task(cfg.task)
     return cfg
 
 
