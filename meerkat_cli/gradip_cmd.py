@@ -29,16 +29,21 @@ def _vs(value: float, thr: float | None) -> str:
     return f"[green]{_num(value)} ✓[/]" if ok else f"{_num(value)}  "
 
 
+PAPER_STATS = ("rho_later", "rho_quie")
+
+
 def _table(rep: Any) -> Table:
     thr = rep.classifier["thresholds"]
+    short = f", [yellow]SHORT calibration ({rep.calibration_steps} < {rep.min_calibration_steps} steps)[/]" \
+        if rep.short_calibration else ""
     title = (f"GradIP, round {rep.round} of {rep.run} ({rep.algorithm}; classifier {rep.classifier['name']}, "
-             f"decision: {rep.decision_source})")
+             f"decision: {rep.decision_source}, {rep.outcome}{short})")
     table = Table(title=title, title_justify="left")
-    cols = (("client", "right"), ("entropy", "right"), ("extreme", "center"), ("steps", "right"),
-            ("|GradIP| init/later", "right"),
-            (f"rho_later (>{_num(thr['rho_later'])})" if "rho_later" in thr else "rho_later", "right"),
-            (f"rho_quie (>{_num(thr['rho_quie'])})" if "rho_quie" in thr else "rho_quie", "right"),
-            ("|GradIP| over steps", "left"), ("flagged", "center"), ("stopped", "center"))
+    stats = list(PAPER_STATS) + [k for k in thr if k not in PAPER_STATS]
+    cols = [("client", "right"), ("entropy", "right"), ("extreme", "center"), ("steps", "right"),
+            ("|GradIP| init/later", "right")]
+    cols += [(f"{k} (>{_num(thr[k])})" if k in thr else k, "right") for k in stats]
+    cols += [("|GradIP| over steps", "left"), ("flagged", "center"), ("stopped", "center")]
     for col, just in cols:
         table.add_column(col, justify=just, no_wrap=True)
     for r in rep.rows:
@@ -48,9 +53,8 @@ def _table(rep: Any) -> Table:
             _num(r.label_entropy_bits, "{:.3f}"),
             "-" if r.is_extreme is None else ("[red]yes[/]" if r.is_extreme else ""),
             str(r.steps),
-            f"{_num(s['mean_initial'])} / {_num(s['mean_later'])}",
-            _vs(s["rho_later"], thr.get("rho_later")),
-            _vs(s["rho_quie"], thr.get("rho_quie")),
+            f"{_num(s.get('mean_initial'))} / {_num(s.get('mean_later'))}",
+            *(_vs(s.get(k, math.nan), thr.get(k)) for k in stats),
             r.sparkline,
             "[bold red]FLAG[/]" if r.flagged else "",
             "-" if r.stopped is None else ("yes" if r.stopped else ""),
@@ -59,7 +63,9 @@ def _table(rep: Any) -> Table:
 
 
 def _footer(rep: Any) -> list[str]:
-    lines = []
+    lines = [f"decision: {rep.outcome}" + (f" ({rep.reason})" if rep.reason else "")]
+    if rep.warning():
+        lines.append(f"[yellow]warning: {rep.warning()}[/]")
     det = rep.detector()
     if det is not None:
         verdict = "exactly the single-label clients" if det["exact"] else (
@@ -74,7 +80,12 @@ def _footer(rep: Any) -> list[str]:
     if "initial_frac" in p:
         lines.append(f"phases: initial = first {p['initial_frac']:.0%} of steps, later = last {p['later_frac']:.0%}; "
                      f"quiet level sigma = {p['quiet_factor']} x initial mean")
-    lines.extend(f"note: {n}" for n in rep.notes)
+    pop = rep.population
+    if "centre" in pop:
+        lines.append(f"population: {int(pop['clients'])} clients; the others' later level exp({pop['centre']:.3g}), "
+                     f"scale {pop['scale']:.3g} (noise floor {pop['noise_floor']:.3g}) in log units; "
+                     f"gap {pop['gap']:.3g} scales after the {int(pop['split'])} lowest")
+    lines.extend(f"note: {n}" for n in rep.notes if n != rep.warning())
     return lines
 
 

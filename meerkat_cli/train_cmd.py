@@ -39,6 +39,11 @@ def _pct(v: Optional[float]) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
+def _event(message: str) -> None:
+    """A progress message on stderr; warnings (a short calibration, ...) stand out."""
+    err.print(message, style="yellow" if message.startswith("warning:") else "dim", markup=False)
+
+
 def _train(cfg: TrainConfig, json_out: bool) -> None:
     from meerkat_core import api  # torch and transformers: imported when a command runs, not for --help
 
@@ -56,7 +61,7 @@ def _train(cfg: TrainConfig, json_out: bool) -> None:
                 parts.append(f"↑{fmt_bytes(row['bytes_up'])} ↓{fmt_bytes(row['bytes_down'])}")
             progress.update(bar, completed=r, description=" | ".join(parts))
 
-        result = api.train(cfg, on_round=on_round, on_event=lambda m: err.print(m, style="dim", markup=False))
+        result = api.train(cfg, on_round=on_round, on_event=_event)
     if json_out:
         emit_json(result.summary)
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.gradip import (
+    PerClientClassifier,
     RhoClassifier,
     Trajectory,
     classifier_names,
@@ -69,28 +71,34 @@ def test_rho_classifier_needs_both_statistics() -> None:
 
 
 def test_registry_is_pluggable_and_unknown_names_are_input_errors() -> None:
-    @register_classifier("test-last-step")
-    def _factory(params):  # a classifier that flags a trajectory ending at 0
-        class LastStep:
+    @dataclass(frozen=True)
+    class LastStepParams:
+        zero: float = 0.0
+
+    @register_classifier("test-last-step", params=LastStepParams)
+    def _factory(params: LastStepParams):  # a classifier that flags a trajectory ending at `zero`
+        class LastStep(PerClientClassifier):
             name = "test-last-step"
 
             def statistics(self, trajectory: Trajectory) -> dict[str, float]:
                 return {"last": float(abs(trajectory.gradip[-1]))}
 
             def flag(self, stats) -> bool:
-                return stats["last"] == 0.0
-
-            def params(self):
-                return {}
-
-            def thresholds(self):
-                return {}
+                return stats["last"] == params.zero
 
         return LastStep()
 
-    assert {"rho", "none", "test-last-step"} <= set(classifier_names())
+    assert {"population", "rho", "none", "test-last-step"} <= set(classifier_names())
     clf = make_classifier("test-last-step")
-    assert clf.flag(clf.statistics(Trajectory.from_lists(1, 0, [1.0, 0.0])))
+    decision = clf.classify({0: Trajectory.from_lists(1, 0, [1.0, 0.0]), 1: Trajectory.from_lists(1, 1, [1.0, 1.0])})
+    assert decision.flagged == [0] and decision.outcome == "flagged" and decision.classifier == "test-last-step"
+    # its own parameters, from --vp-param (strings cast to the field's type); other classifiers' settings ignored
+    one = make_classifier("test-last-step", {"rho_later": 9.0}, {"zero": "1"})
+    assert one.classify({0: Trajectory.from_lists(1, 0, [1.0, 1.0])}).flagged == [0]
+    with pytest.raises(MeerkatInputError, match="--vp-param nope: classifier test-last-step has no such parameter"):
+        make_classifier("test-last-step", explicit={"nope": "1"})
+    with pytest.raises(MeerkatInputError, match="--vp-param zero=abc: classifier test-last-step expects a float"):
+        make_classifier("test-last-step", explicit={"zero": "abc"})
     with pytest.raises(MeerkatInputError, match="--vp-classifier nope: expected one of"):
         make_classifier("nope")
 

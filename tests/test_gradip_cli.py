@@ -37,7 +37,7 @@ def _train(mask: Path, part: Path, out: Path, *extra: str) -> None:
 def vp_run(tiny_mask: Path, mixed_partition: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gradip-cli") / "vp"
     # thresholds low enough that some client is flagged on these short noisy trajectories
-    _train(tiny_mask, mixed_partition, out, "--algorithm", "meerkat-vp", "--vp-calibration-steps", "10",
+    _train(tiny_mask, mixed_partition, out, "--algorithm", "meerkat-vp", "--vp-calibration-steps", "10", "--vp-classifier", "rho",
            "--vp-rho-later", "0.01", "--vp-rho-quie", "0")
     return out
 
@@ -91,6 +91,45 @@ def test_inspect_plain_run_shows_what_vp_would_decide(plain_run: Path) -> None:
     assert any("would have decided" in n for n in doc["notes"])
     other = json.loads(run_cli("gradip", "inspect", str(plain_run), "--classifier", "none", "--json").stdout)
     assert other["flagged"] == [] and other["classifier"]["name"] == "none"
+
+
+def test_inspect_default_classifier_abstains_and_warns_on_a_short_calibration(plain_run: Path, tmp_path: Path) -> None:
+    """The default classifier on 4 clients of 3 steps: it abstains (too few clients to compare), and the
+    table, the JSON and the plot say that 3 steps are fewer than the 100 it needs."""
+    doc = json.loads(run_cli("gradip", "inspect", str(plain_run), "--json").stdout)
+    assert doc["classifier"]["name"] == "population" and doc["classifier"]["min_calibration_steps"] == 100
+    assert doc["outcome"] == "abstained" and doc["flagged"] == [] and "at least 5" in doc["reason"]
+    assert doc["short_calibration"] is True and doc["calibration_steps"] == 3
+    assert "3 steps, the population classifier needs 100" in doc["warning"] and doc["warning"] in doc["notes"]
+    assert all(set(c["margins"]) == {"z", "drop"} for c in doc["clients"])
+    png = tmp_path / "short.png"
+    table = run_cli("gradip", "inspect", str(plain_run), "--plot", str(png)).stdout
+    assert "SHORT calibration (3 < 100 steps)" in table and "warning: short calibration" in table
+    assert "decision: abstained" in table and "z (>" in table and "drop (>" in table
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    paper = run_cli("gradip", "inspect", str(plain_run), "--classifier", "rho").stdout
+    assert "rho_later (>2)" in paper and "SHORT calibration (3 < 100 steps)" in paper
+
+
+def test_train_warns_when_the_calibration_is_shorter_than_the_classifier_needs(tiny_mask: Path, mixed_partition: Path,
+                                                                               tmp_path: Path) -> None:
+    out = tmp_path / "short"
+    proc = run_cli("train", "--model", "tiny-llama", "--mask", str(tiny_mask), "--partition", str(mixed_partition),
+                   "--task", "sentiment2", "--rounds", "1", "--batch-size", "2", "--eval-limit", "4", "--device", "cpu",
+                   "--algorithm", "meerkat-vp", "--vp-calibration-steps", "4", "--out", str(out))
+    assert "warning: --vp-calibration-steps 4 is shorter than the 100 steps the population classifier needs" in proc.stderr
+    ledger = [json.loads(ln) for ln in (out / "ledger.jsonl").read_text().splitlines()]
+    vp = next(r for r in ledger if r["type"] == "round")["vp"]
+    assert vp["short_calibration"] is True and vp["min_calibration_steps"] == 100 and vp["flagged"] == []
+    quiet = run_cli("train", "--model", "tiny-llama", "--mask", str(tiny_mask), "--partition", str(mixed_partition),
+                    "--task", "sentiment2", "--rounds", "1", "--batch-size", "2", "--eval-limit", "4", "--device", "cpu",
+                    "--algorithm", "meerkat-vp", "--vp-calibration-steps", "4", "--vp-param", "min_calibration_steps=4",
+                    "--out", str(tmp_path / "ok"))
+    assert "warning" not in quiet.stderr
+    bad = run_cli("train", "--model", "tiny-llama", "--mask", str(tiny_mask), "--partition", str(mixed_partition),
+                  "--algorithm", "meerkat-vp", "--vp-param", "zflag=3", "--out", str(tmp_path / "bad"), check=False)
+    assert bad.returncode == 2 and "--vp-param zflag: classifier population has no such parameter" in bad.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])

@@ -14,7 +14,7 @@ from meerkat_core.config.train import TrainConfig
 from meerkat_core.fed.policy import UniformPolicy
 from meerkat_core.fed.training import check_config
 from meerkat_core.fed.vp import VPPolicy
-from meerkat_core.gradip import Trajectory, make_classifier, register_classifier
+from meerkat_core.gradip import PerClientClassifier, Trajectory, make_classifier, register_classifier
 from tests.conftest import run_cli
 
 CLIENTS = list(range(8))
@@ -88,36 +88,36 @@ def test_config_validates_the_vp_options() -> None:
     check_config(TrainConfig.from_dict(base))
     for bad, match in (({"vp_control": "sometimes"}, "--vp-control"), ({"vp_classifier": "nope"}, "--vp-classifier"),
                        ({"vp_initial_frac": 0.6, "vp_later_frac": 0.6}, "--vp-initial-frac"),
-                       ({"vp_rho_quie": 1.5}, "--vp-rho-quie"), ({"mask": "all"}, "sparse mask")):
+                       ({"vp_rho_quie": 1.5}, "--vp-rho-quie"), ({"mask": "all"}, "sparse mask"),
+                       ({"vp_params": "z_flag=x"}, "--vp-param z_flag=x"), ({"vp_params": "z_flag"}, "KEY=VALUE"),
+                       ({"vp_params": "rho_later=3"}, "--vp-param rho_later: classifier population has no")):
         with pytest.raises(MeerkatInputError, match=match):
             check_config(TrainConfig.from_dict({**base, **bad}))
-    policy = VPPolicy.from_config(TrainConfig.from_dict({**base, "vp_rho_later": 4.0, "vp_control": "random"}))
+    policy = VPPolicy.from_config(TrainConfig.from_dict({**base, "vp_classifier": "rho", "vp_rho_later": 4.0,
+                                                         "vp_control": "random"}))
     assert policy.classifier.thresholds()["rho_later"] == 4.0 and policy.control == "random"
+    policy = VPPolicy.from_config(TrainConfig.from_dict({**base, "vp_params": "z_flag=6, gap_min=1"}))
+    assert policy.classifier.name == "population" and policy.classifier.thresholds()["z"] == 6.0
+    assert policy.classifier.params()["gap_min"] == 1.0
 
 
 # -- real (tiny) runs ----------------------------------------------------------------------------
 FLAG_ME = {1, 3}
 
 
-class _ById:
+class _ById(PerClientClassifier):
     """Deterministic flags (clients in FLAG_ME), so the resume test does not hang on the trajectories."""
 
     name = "test-ids"
 
     def __init__(self, params) -> None:
-        self._rho = make_classifier("rho", params)
+        self._rho = make_classifier("rho")
 
     def statistics(self, trajectory: Trajectory) -> dict[str, float]:
         return {**self._rho.statistics(trajectory), "client": float(trajectory.client)}
 
     def flag(self, stats) -> bool:
         return int(stats["client"]) in FLAG_ME
-
-    def params(self) -> dict:
-        return {}
-
-    def thresholds(self) -> dict:
-        return {}
 
 
 register_classifier("test-ids")(_ById)
@@ -170,18 +170,49 @@ def iid_partition(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_nobody_is_flagged_on_an_all_iid_split(tiny_mask: Path, iid_partition: Path, tmp_path: Path) -> None:
-    """IID clients: with the default classifier nobody is flagged, and not by a hair: both statistics
-    stay clearly inside their thresholds for every client (the margins are checked, not only flags)."""
+    """IID clients: the default classifier flags nobody (the tiny random model's IID clients spread more
+    than SmolLM2's, so it may abstain rather than say "none"; no client comes near its z threshold), and
+    the paper's rule, scored on the same trajectories, flags nobody either, and not by a hair: both
+    statistics stay clearly inside its thresholds for every client (the margins are checked, not only flags)."""
     from meerkat_core.fed.training import run_training
+    from meerkat_core.gradip import load_trajectories
 
     out = tmp_path / "iid-run"
-    run_training(_cfg(tiny_mask, iid_partition, out, rounds=1, vp_calibration_steps=100, vp_classifier="rho",
+    run_training(_cfg(tiny_mask, iid_partition, out, rounds=1, vp_calibration_steps=100, vp_classifier="population",
                       lr=1e-3, batch_size=2))
     rec = next(r for r in _ledger(out) if r["type"] == "round")["vp"]
-    print({c: (round(s["rho_later"], 3), round(s["rho_quie"], 3)) for c, s in rec["stats"].items()})
-    assert rec["flagged"] == [] and rec["stopped"] == [] and len(rec["stats"]) == 5
-    thr = rec["thresholds"]
-    assert thr == {"rho_later": 2.0, "rho_quie": 0.5}  # the documented defaults
-    for stats in rec["stats"].values():
+    print(rec["outcome"], rec["reason"], {c: round(s["z"], 2) for c, s in rec["stats"].items()})
+    assert rec["classifier"] == "population" and rec["outcome"] != "flagged" and rec["flagged"] == rec["stopped"] == []
+    assert len(rec["stats"]) == 5 and rec["warning"] is None and rec["short_calibration"] is False
+    assert all(m["z"] < 0.75 for m in rec["margins"].values())  # z at most 3/4 of the flag threshold
+    rho = make_classifier("rho").classify(load_trajectories(out).for_round(1))
+    print({c: (round(s["rho_later"], 3), round(s["rho_quie"], 3)) for c, s in rho.stats.items()})
+    assert rho.flagged == [] and rho.thresholds == {"rho_later": 2.0, "rho_quie": 0.5}  # the documented defaults
+    for stats in rho.stats.values():
         assert stats["finite_steps"] == 100
-        assert stats["rho_later"] < 0.75 * thr["rho_later"] and stats["rho_quie"] < 0.8 * thr["rho_quie"]
+        assert stats["rho_later"] < 0.75 * 2.0 and stats["rho_quie"] < 0.8 * 0.5
+
+
+def test_abstain_flags_nobody_and_every_client_keeps_its_budget(tiny_mask: Path, tmp_path: Path) -> None:
+    """When the separation is not clear the default classifier abstains: nobody flagged or stopped, the
+    ledger says why, and every later round gives every client its full local steps. (z_none=0: any
+    client below the others that is not clearly separated makes it abstain instead of saying "none".)"""
+    from meerkat_core.fed.training import run_training
+
+    part = tmp_path / "mixed"
+    run_cli("partition", "--task", "sentiment2", "--clients", "6", "--scheme", "mixed", "--extreme-clients", "1",
+            "--seed", "0", "--out", str(part))
+    out = tmp_path / "abstain"
+    events: list[str] = []
+    run_training(_cfg(tiny_mask, part, out, rounds=2, clients_per_round=6, vp_calibration_steps=8,
+                      vp_classifier="population", vp_params={"z_none": "0", "z_flag": "1000"}), on_event=events.append)
+    ledger = _ledger(out)
+    rec = next(r for r in ledger if r["type"] == "round" and r["round"] == 1)["vp"]
+    assert rec["outcome"] == "abstained" and rec["flagged"] == rec["stopped"] == []
+    assert "separation not clear" in rec["reason"] and "z " in rec["reason"]
+    assert rec["params"]["z_flag"] == 1000.0 and set(rec["margins"]["0"]) == {"z", "drop"}
+    later = [r for r in ledger if r["type"] == "client" and r["round"] == 2]
+    assert len(later) == 6 and all(r["steps"] == 4 for r in later)
+    # 8 calibration steps: the run and the ledger warn that the classifier needs 100
+    assert any(e.startswith("warning: --vp-calibration-steps 8 is shorter than the 100") for e in events)
+    assert rec["short_calibration"] is True and "shorter than the 100" in rec["warning"]

@@ -45,12 +45,16 @@ class CheckpointSettings:
 class VPSettings:
     """Meerkat-vp (``--algorithm meerkat-vp``): the calibration round, the classifier, early stopping.
 
-    ``initial_frac`` .. ``rho_quie`` are the parameters of the built-in classifiers
-    (``meerkat_core.gradip.classify``; docs/GRADIP.md gives the measured margins)."""
+    ``initial_frac`` .. ``rho_quie`` are parameters of the built-in classifiers (each classifier takes
+    those its params dataclass holds); ``params`` (``--vp-param KEY=VALUE``) sets any parameter of the
+    chosen classifier (``meerkat_core.gradip.classify``; docs/GRADIP.md lists them with the measured
+    margins)."""
 
     calibration_steps: int = setting(100, help="Meerkat-vp: steps per client in the calibration round.")
     stopped_steps: int = setting(1, help="Meerkat-vp: steps per round for flagged clients.")
-    classifier: str = setting("rho", help="Meerkat-vp: classifier of the calibration trajectories (docs/GRADIP.md).")
+    classifier: str = setting("population", help="Meerkat-vp: classifier of the calibration round: population (each "
+                              "client against the round's others; abstains when unclear), rho (the paper's "
+                              "thresholds), none (docs/GRADIP.md).")
     initial_frac: float = setting(0.3, help="Meerkat-vp: initial phase = this share of the first calibration steps.")
     later_frac: float = setting(0.5, help="Meerkat-vp: later phase = this share of the last calibration steps.")
     quiet_factor: float = setting(0.3, help="Meerkat-vp: quiet level sigma = this x mean |GradIP| of the initial phase.")
@@ -58,9 +62,13 @@ class VPSettings:
     rho_quie: float = setting(0.5, help="Meerkat-vp: flag needs rho_quie above this.")
     control: str = setting("none", choices=VP_CONTROLS,
                            help="Meerkat-vp: none, or random (stop as many random clients as were flagged).")
+    params: str = setting("", flag="--vp-param", metavar="KEY=VALUE[,KEY=VALUE...]",
+                          help="Meerkat-vp: parameters of the chosen classifier, e.g. z_flag=5,gap_min=2 "
+                               "(docs/GRADIP.md lists them).")
 
     def classifier_params(self) -> dict[str, Any]:
-        """What a classifier factory receives (``meerkat_core.gradip.classify.make_classifier``)."""
+        """The flat settings a classifier's params are built from (``meerkat_core.gradip.classify``:
+        ``make_classifier(name, settings)``; ``classifier_from_settings`` adds ``params``)."""
         return {"initial_frac": self.initial_frac, "later_frac": self.later_frac, "quiet_factor": self.quiet_factor,
                 "rho_later": self.rho_later, "rho_quie": self.rho_quie}
 

@@ -29,6 +29,7 @@ from meerkat_core.errors import MeerkatInputError
 from meerkat_core.faults import commit_point
 from meerkat_core.fed.server import RoundOutcome
 from meerkat_core.fed.state import state_crc
+from meerkat_core.fed.vp import calibration_warning
 from meerkat_core.fed.simulator import (
     Federation,
     build_federation,
@@ -38,7 +39,7 @@ from meerkat_core.fed.simulator import (
     run_round,
     write_checkpoint,
 )
-from meerkat_core.gradip.classify import make_classifier
+from meerkat_core.gradip.classify import classifier_from_settings
 from meerkat_core.gradip.file import GRADIP_FILE
 from meerkat_core.gradip.log import GradipLog
 from meerkat_core.rundir import (
@@ -67,10 +68,10 @@ CONTENT_PROVENANCE = ("model_fingerprint", "mask_sha256", "partition_fingerprint
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg.validate()`` plus what needs the registries (the Meerkat-vp classifier's name) and the task
-    (a bad task file is refused before the run directory, and its lock, exists)."""
+    """``cfg.validate()`` plus what needs the registries (the Meerkat-vp classifier and its parameters) and
+    the task (a bad task file is refused before the run directory, and its lock, exists)."""
     cfg.validate()
-    make_classifier(cfg.vp.classifier, cfg.vp.classifier_params())  # an unknown name is an input error
+    classifier_from_settings(cfg.vp)  # an unknown name, parameter or value is an input error
     get_task(cfg.task)
     return cfg
 
@@ -293,6 +294,9 @@ def _train_locked(
 ) -> dict[str, Any]:
     fed = build(cfg)  # loads and checks every input before anything is written
     say = on_event or (lambda msg: None)
+    warning = calibration_warning(cfg)
+    if warning:
+        say(f"warning: {warning}")
     start = time.perf_counter()
     if cfg.resume:
         _check_same_inputs(fed, run)

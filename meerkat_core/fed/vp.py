@@ -15,22 +15,30 @@ reads back on ``--resume``.
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any, Sequence
 
 from meerkat_core.config.choices import VP_CONTROLS
 from meerkat_core.fed.policy import UniformPolicy
 from meerkat_core.config.train import TrainConfig
-from meerkat_core.gradip.classify import Classifier, classify_all, make_classifier, margins
+from meerkat_core.gradip.classify import Classifier, Decision, classifier_from_settings
 from meerkat_core.gradip.trajectories import Trajectory
 from meerkat_core.zo import derive_key
 
 CALIBRATION_ROUND = 1
 
 
-def _finite(v: float) -> float | None:
-    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+def calibration_warning(cfg: TrainConfig) -> str | None:
+    """One line when a Meerkat-vp run's calibration round is shorter than its classifier needs
+    (``Classifier.min_calibration_steps``)."""
+    if cfg.algorithm != "meerkat-vp":
+        return None
+    clf = classifier_from_settings(cfg.vp)
+    steps = cfg.vp.calibration_steps
+    if steps >= clf.min_calibration_steps:
+        return None
+    return (f"--vp-calibration-steps {steps} is shorter than the {clf.min_calibration_steps} "
+            f"steps the {clf.name} classifier needs (docs/GRADIP.md): its decision is unreliable")
 
 
 class VPPolicy:
@@ -63,7 +71,7 @@ class VPPolicy:
         return cls(
             seed=cfg.seed, clients_per_round=cfg.clients_per_round, local_steps=cfg.local_steps,
             calibration_steps=vp.calibration_steps, stopped_steps=vp.stopped_steps,
-            classifier=make_classifier(vp.classifier, vp.classifier_params()), control=vp.control,
+            classifier=classifier_from_settings(vp), control=vp.control,
         )
 
     # -- RoundPolicy
@@ -85,11 +93,11 @@ class VPPolicy:
             o.client: Trajectory.from_lists(round_, o.client, o.gradip, o.gs, o.cosine, o.losses)
             for o in outcome.clients
         }
-        stats, flagged = classify_all(self.classifier, trajs)
-        self.flagged = flagged
-        self.stopped = set(self.choose_stopped(flagged, sorted(trajs)))
+        decision = self.classifier.classify(trajs)
+        self.flagged = list(decision.flagged)
+        self.stopped = set(self.choose_stopped(self.flagged, sorted(trajs)))
         self.decided = True
-        return {"vp": self.decisions(stats)}
+        return {"vp": self.decisions(decision)}
 
     def restore(self, round_records: dict[int, dict[str, Any]]) -> None:
         rec = round_records.get(CALIBRATION_ROUND, {}).get("vp")
@@ -106,17 +114,15 @@ class VPPolicy:
         rng = random.Random(derive_key(self.seed, CALIBRATION_ROUND, -3, 0))
         return sorted(rng.sample(sorted(clients), min(len(flagged), len(clients))))
 
-    def decisions(self, stats: dict[int, dict[str, float]]) -> dict[str, Any]:
-        clf = self.classifier
+    def decisions(self, decision: Decision) -> dict[str, Any]:
+        """The ledger's round-1 record: the classifier's decision (``Decision.to_json``: outcome, reason,
+        per-client statistics and margins, the calibration length it needs) plus what the policy did."""
         return {
-            "classifier": clf.name,
-            "params": clf.params(),
-            "thresholds": clf.thresholds(),
+            **decision.to_json(),
             "control": self.control,
             "calibration_steps": self.calibration_steps,
             "stopped_steps": self.stopped_steps,
             "flagged": list(self.flagged),
             "stopped": sorted(self.stopped),
-            "stats": {str(c): {k: _finite(v) for k, v in s.items()} for c, s in stats.items()},
-            "margins": {str(c): {k: _finite(v) for k, v in margins(clf, s).items()} for c, s in stats.items()},
+            "warning": decision.warning(),
         }

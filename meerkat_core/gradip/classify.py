@@ -1,58 +1,110 @@
-"""Pluggable classifiers of calibration trajectories (Meerkat-vp, METHOD.md section 5).
+"""Pluggable classifiers of a calibration round's trajectories (Meerkat-vp, METHOD.md section 5).
 
-A classifier has a ``name``, ``statistics(trajectory) -> dict[str, float]`` and
-``flag(stats) -> bool`` (True: the client looks *extreme Non-IID* and is stopped early). For the
-reports it also gives ``params()`` (everything that defines it) and ``thresholds()``: statistic name
--> the value it must exceed, so a report can print each statistic beside its threshold.
+A classifier looks at the whole round at once, ``classify(trajectories) -> Decision``, so it can decide
+relative to the population of clients (the default, ``population``) or client by client (the paper's
+rule, ``rho``). A ``Decision`` holds per client the statistics and margins (``value / threshold``,
+oriented so that > 1 passes), the flagged clients, the outcome (``flagged``, ``none``: nobody stands
+out, ``abstained``: the separation is not clear, nobody flagged) and its reason, and whether the
+calibration was shorter than the classifier needs (``min_calibration_steps``).
 
-Register a new one with ``@register_classifier("name")`` on a factory ``f(params) -> Classifier``
-(``params`` holds the ``vp_*`` settings of the run: ``initial_frac``, ``later_frac``,
-``quiet_factor``, ``rho_later``, ``rho_quie``; a classifier reads what it needs). ``--vp-classifier
-NAME`` picks it.
+Each classifier is registered with its own small parameter dataclass:
+``@register_classifier("name", params=MyParams)`` on a factory ``f(params: MyParams) -> Classifier``.
+``make_classifier(name, settings, explicit)`` builds the params from a flat mapping (the run's ``--vp-*``
+settings, ``VPSettings.classifier_params``) plus ``explicit`` (``--vp-param KEY=VALUE``); a key of
+``settings`` that the classifier's params lack is ignored (it belongs to another classifier), one of
+``explicit`` is an input error. ``classifier_from_settings(cfg.vp)`` does both for a run.
+
+How many calibration steps a classifier needs is ``Classifier.min_calibration_steps`` (each built-in
+classifier's params dataclass declares it; ``Decision.short_calibration`` / ``Decision.warning``
+compare a round against it): the one source for every warning about a short calibration.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 from meerkat_core.config.train import VPSettings
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.gradip.stats import decay_statistics
 from meerkat_core.gradip.trajectories import Trajectory
 
-# Defaults of the "rho" classifier: those of `meerkat train`'s --vp-* settings, declared once in
-# VPSettings (docs/GRADIP.md explains them and gives the measured margins).
-_VP = VPSettings()
-DEFAULT_INITIAL_FRAC = _VP.initial_frac
-DEFAULT_LATER_FRAC = _VP.later_frac
-DEFAULT_QUIET_FACTOR = _VP.quiet_factor
-DEFAULT_RHO_LATER = _VP.rho_later
-DEFAULT_RHO_QUIE = _VP.rho_quie
-DEFAULT_CLASSIFIER = _VP.classifier
+DEFAULT_CLASSIFIER = VPSettings().classifier  # declared once, in `meerkat train`'s settings
+OUTCOMES = ("flagged", "none", "abstained")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a classifier decided on one round."""
+
+    classifier: str
+    params: dict[str, Any]
+    thresholds: dict[str, float]  # statistic -> threshold; a client's margin on it is value / threshold
+    stats: dict[int, dict[str, float]]
+    margins: dict[int, dict[str, float]]
+    flagged: list[int]
+    outcome: str  # one of OUTCOMES
+    reason: str
+    min_calibration_steps: int
+    calibration_steps: int  # the fewest steps any client ran in the round
+    population: dict[str, float] = field(default_factory=dict)  # round-level statistics (centre, scale, gap)
+
+    @property
+    def short_calibration(self) -> bool:
+        return self.calibration_steps < self.min_calibration_steps
+
+    def warning(self) -> str | None:
+        """One line when the calibration was shorter than the classifier needs, else None."""
+        if not self.short_calibration:
+            return None
+        return (f"calibration of {self.calibration_steps} steps is shorter than the {self.min_calibration_steps} "
+                f"the {self.classifier} classifier needs (docs/GRADIP.md): its decision is unreliable")
+
+    def to_json(self) -> dict[str, Any]:
+        def fin(v: float) -> float | None:
+            return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+        return {
+            "classifier": self.classifier, "params": self.params, "thresholds": self.thresholds,
+            "outcome": self.outcome, "reason": self.reason, "flagged": list(self.flagged),
+            "min_calibration_steps": self.min_calibration_steps, "calibration_steps": self.calibration_steps,
+            "short_calibration": self.short_calibration,
+            "population": {k: fin(v) for k, v in self.population.items()},
+            "stats": {str(c): {k: fin(v) for k, v in s.items()} for c, s in self.stats.items()},
+            "margins": {str(c): {k: fin(v) for k, v in m.items()} for c, m in self.margins.items()},
+        }
 
 
 @runtime_checkable
 class Classifier(Protocol):
     name: str
+    min_calibration_steps: int
 
-    def statistics(self, trajectory: Trajectory) -> dict[str, float]: ...
-
-    def flag(self, stats: Mapping[str, float]) -> bool: ...
+    def classify(self, trajectories: Mapping[int, Trajectory]) -> Decision: ...
 
     def params(self) -> dict[str, Any]: ...
 
     def thresholds(self) -> dict[str, float]: ...
 
 
-ClassifierFactory = Callable[[Mapping[str, Any]], Classifier]
-_REGISTRY: dict[str, ClassifierFactory] = {}
+@dataclass(frozen=True)
+class NoParams:
+    pass
 
 
-def register_classifier(name: str) -> Callable[[ClassifierFactory], ClassifierFactory]:
-    def deco(factory: ClassifierFactory) -> ClassifierFactory:
-        _REGISTRY[name] = factory
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    params_type: type
+    factory: Callable[[Any], Classifier]
+
+
+_REGISTRY: dict[str, Registration] = {}
+
+
+def register_classifier(name: str, params: type = NoParams) -> Callable[[Callable[[Any], Classifier]], Callable[[Any], Classifier]]:
+    def deco(factory: Callable[[Any], Classifier]) -> Callable[[Any], Classifier]:
+        _REGISTRY[name] = Registration(name, params, factory)
         return factory
 
     return deco
@@ -62,90 +114,125 @@ def classifier_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_classifier(name: str, params: Mapping[str, Any] | None = None) -> Classifier:
-    """The registered classifier ``name`` built from ``params`` (missing keys take the defaults)."""
+def classifier_params_type(name: str) -> type:
+    return _registration(name).params_type
+
+
+def _registration(name: str) -> Registration:
     if name not in _REGISTRY:
         raise MeerkatInputError(f"--vp-classifier {name}: expected one of {', '.join(classifier_names())}")
-    return _REGISTRY[name](dict(params or {}))
+    return _REGISTRY[name]
 
 
-def margins(clf: Classifier, stats: Mapping[str, float]) -> dict[str, float]:
-    """Per thresholded statistic: ``value / threshold`` (> 1 passes). nan when undefined."""
-    out = {}
-    for key, thr in clf.thresholds().items():
-        v = stats.get(key, math.nan)
-        out[key] = v / thr if thr and math.isfinite(thr) and not math.isnan(v) else math.nan
+def _cast(kind: Any, value: Any, name: str, key: str) -> Any:
+    target = {"int": int, "float": float, "str": str, "bool": bool}.get(kind if isinstance(kind, str) else kind.__name__)
+    if target is None or isinstance(value, target) and not (target is int and isinstance(value, bool)):
+        return value
+    try:
+        if target is bool:
+            if str(value).lower() in ("1", "true", "yes"):
+                return True
+            if str(value).lower() in ("0", "false", "no"):
+                return False
+            raise ValueError(value)
+        out = target(value)
+        if target is int and isinstance(value, float) and out != value:
+            raise ValueError(value)
+        return out
+    except (TypeError, ValueError):
+        raise MeerkatInputError(f"--vp-param {key}={value}: classifier {name} expects a {target.__name__}") from None
+
+
+def build_params(name: str, settings: Mapping[str, Any] | None = None, explicit: Mapping[str, Any] | None = None) -> Any:
+    """The params dataclass of classifier ``name``: defaults, then the matching keys of ``settings``
+    (other keys are ignored: they belong to other classifiers), then ``explicit`` (every key must be
+    one of the classifier's params)."""
+    reg = _registration(name)
+    known = {f.name: f for f in fields(reg.params_type)}
+    values: dict[str, Any] = {}
+    for k, v in (settings or {}).items():
+        if k in known:
+            values[k] = _cast(known[k].type, v, name, k)
+    for k, v in (explicit or {}).items():
+        if k not in known:
+            valid = ", ".join(sorted(known)) or "none"
+            raise MeerkatInputError(f"--vp-param {k}: classifier {name} has no such parameter (its parameters: {valid})")
+        values[k] = _cast(known[k].type, v, name, k)
+    params = reg.params_type(**values)
+    check = getattr(params, "validate", None)
+    if check is not None:
+        check()
+    return params
+
+
+def make_classifier(name: str, settings: Mapping[str, Any] | None = None,
+                    explicit: Mapping[str, Any] | None = None) -> Classifier:
+    """The registered classifier ``name`` (see ``build_params`` for ``settings`` and ``explicit``)."""
+    return _registration(name).factory(build_params(name, settings, explicit))
+
+
+def parse_vp_params(items: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``--vp-param`` (``"KEY=VALUE,KEY=VALUE"``, or a mapping) -> a dict (values still strings)."""
+    if isinstance(items, Mapping):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in (items or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MeerkatInputError(f"--vp-param {item.strip()}: expected KEY=VALUE (e.g. --vp-param z_flag=5,gap_min=2)")
+        out[key.strip()] = value.strip()
     return out
 
 
-@dataclass(frozen=True)
-class DecayClassifier:
-    """Base of the classifiers on the paper's |GradIP| decay statistics: computes ``rho_later`` and
-    ``rho_quie`` (``meerkat_core.gradip.stats``); subclasses decide what to flag."""
+def classifier_from_settings(vp: VPSettings, name: str | None = None) -> Classifier:
+    """The classifier of a run's Meerkat-vp settings (``TrainConfig.vp``): ``vp.classifier`` (or ``name``
+    instead) with the flat ``--vp-*`` values that its params hold; ``--vp-param`` values (``vp.params``)
+    apply only to the run's own classifier."""
+    chosen = name or vp.classifier
+    explicit = parse_vp_params(vp.params) if chosen == vp.classifier else None
+    return make_classifier(chosen, vp.classifier_params(), explicit)
 
-    initial_frac: float = DEFAULT_INITIAL_FRAC
-    later_frac: float = DEFAULT_LATER_FRAC
-    quiet_factor: float = DEFAULT_QUIET_FACTOR
+
+def margin(value: float, threshold: float) -> float:
+    """``value / threshold`` (> 1 passes); nan when undefined."""
+    if not (threshold and math.isfinite(threshold)) or math.isnan(value):
+        return math.nan
+    return value / threshold
+
+
+def calibration_length(trajectories: Mapping[int, Trajectory]) -> int:
+    return min((t.steps for t in trajectories.values()), default=0)
+
+
+class PerClientClassifier:
+    """Base of classifiers that decide client by client: subclasses give ``statistics(trajectory)`` and
+    ``flag(stats)``; ``classify`` applies them to every client (outcome ``flagged`` or ``none``)."""
+
+    name: str = "per-client"
+    min_calibration_steps: int = 0
 
     def statistics(self, trajectory: Trajectory) -> dict[str, float]:
-        return decay_statistics(trajectory.gradip, self.initial_frac, self.later_frac, self.quiet_factor)
+        raise NotImplementedError
+
+    def flag(self, stats: Mapping[str, float]) -> bool:
+        raise NotImplementedError
 
     def params(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _decay_params(params: Mapping[str, Any]) -> dict[str, float]:
-    return {
-        "initial_frac": float(params.get("initial_frac", DEFAULT_INITIAL_FRAC)),
-        "later_frac": float(params.get("later_frac", DEFAULT_LATER_FRAC)),
-        "quiet_factor": float(params.get("quiet_factor", DEFAULT_QUIET_FACTOR)),
-    }
-
-
-@dataclass(frozen=True)
-class RhoClassifier(DecayClassifier):
-    """The paper's statistics on |GradIP|: flagged when ``rho_later > rho_later_min`` AND
-    ``rho_quie > rho_quie_min``."""
-
-    rho_later_min: float = DEFAULT_RHO_LATER
-    rho_quie_min: float = DEFAULT_RHO_QUIE
-    name: str = "rho"
-
-    def flag(self, stats: Mapping[str, float]) -> bool:
-        a, b = stats.get("rho_later", math.nan), stats.get("rho_quie", math.nan)
-        return bool(a > self.rho_later_min and b > self.rho_quie_min)  # nan compares False
-
-    def thresholds(self) -> dict[str, float]:
-        return {"rho_later": self.rho_later_min, "rho_quie": self.rho_quie_min}
-
-
-@register_classifier("rho")
-def _rho(params: Mapping[str, Any]) -> Classifier:
-    return RhoClassifier(**_decay_params(params),
-                         rho_later_min=float(params.get("rho_later", DEFAULT_RHO_LATER)),
-                         rho_quie_min=float(params.get("rho_quie", DEFAULT_RHO_QUIE)))
-
-
-@dataclass(frozen=True)
-class NeverClassifier(DecayClassifier):
-    """Flags nobody (a control: Meerkat with the calibration round and no early stopping); still
-    reports the decay statistics."""
-
-    name: str = "none"
-
-    def flag(self, stats: Mapping[str, float]) -> bool:
-        return False
+        return {}
 
     def thresholds(self) -> dict[str, float]:
         return {}
 
-
-@register_classifier("none")
-def _never(params: Mapping[str, Any]) -> Classifier:
-    return NeverClassifier(**_decay_params(params))
-
-
-def classify_all(clf: Classifier, trajectories: Mapping[int, Trajectory]) -> tuple[dict[int, dict[str, float]], list[int]]:
-    """Statistics per client and the sorted list of flagged clients."""
-    stats = {c: clf.statistics(t) for c, t in sorted(trajectories.items())}
-    return stats, [c for c, s in stats.items() if clf.flag(s)]
+    def classify(self, trajectories: Mapping[int, Trajectory]) -> Decision:
+        stats = {c: self.statistics(t) for c, t in sorted(trajectories.items())}
+        flagged = [c for c, s in stats.items() if self.flag(s)]
+        thr = self.thresholds()
+        return Decision(
+            classifier=self.name, params=self.params(), thresholds=thr, stats=stats,
+            margins={c: {k: margin(s.get(k, math.nan), v) for k, v in thr.items()} for c, s in stats.items()},
+            flagged=flagged, outcome="flagged" if flagged else "none",
+            reason=f"{len(flagged)} client(s) above every threshold" if flagged else "no client above every threshold",
+            min_calibration_steps=self.min_calibration_steps, calibration_steps=calibration_length(trajectories),
+        )

@@ -57,8 +57,12 @@ def plot_report(report: Report, path: str | Path) -> Path:
         ax.set_ylim(lo / 4, hi * 4)
     ax.set_xlabel("local step")
     ax.set_ylabel("|GradIP| (raw faint, moving average bold)")
-    ax.set_title(f"GradIP trajectories, round {report.round} ({report.algorithm}, classifier {report.classifier['name']})",
-                 fontsize=10)
+    ax.set_title(f"GradIP trajectories, round {report.round} ({report.algorithm}, classifier {report.classifier['name']}: "
+                 f"{report.outcome})", fontsize=10)
+    if report.short_calibration:
+        ax.text(0.5, 0.02, f"SHORT calibration: {report.calibration_steps} steps < the {report.min_calibration_steps} "
+                "the classifier needs; decision unreliable", transform=ax.transAxes, ha="center", va="bottom",
+                fontsize=9, color="#b35900", bbox={"facecolor": "#fff3e0", "edgecolor": "#b35900", "lw": 0.8})
     handles = [
         Line2D([], [], color=colours[True], label="single-label (extreme) client"),
         Line2D([], [], color=colours[False], label="IID / other client"),

@@ -3,7 +3,8 @@ classification (with each statistic beside its threshold), the partition's groun
 partition is still at hand, and, for a Meerkat-vp run, what the run decided (from the ledger).
 
 On a plain Meerkat run the first round's trajectories are classified with the run's (default)
-classifier settings: what Meerkat-vp would have decided.
+classifier settings: what Meerkat-vp would have decided. The classifier sees the whole round even when
+one client is shown (the default classifier decides relative to the round's population).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.gradip.classify import Classifier, make_classifier, margins
+from meerkat_core.gradip.classify import Classifier, Decision, classifier_from_settings
 from meerkat_core.gradip.trajectories import RunTrajectories, Trajectory, load_trajectories
 from meerkat_core.partition import load_partition
 from meerkat_core.rundir import RunDir
@@ -69,7 +70,22 @@ class Report:
     decision_source: str  # "ledger" (a Meerkat-vp run's own decision) or "computed"
     rows: list[ClientRow]
     partition: str | None
+    outcome: str = "none"  # flagged | none | abstained (Decision.outcome)
+    reason: str = ""
+    population: dict[str, float] = field(default_factory=dict)
+    calibration_steps: int = 0
+    min_calibration_steps: int = 0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def short_calibration(self) -> bool:
+        return self.calibration_steps < self.min_calibration_steps
+
+    def warning(self) -> str | None:
+        if not self.short_calibration:
+            return None
+        return (f"short calibration: {self.calibration_steps} steps, the {self.classifier['name']} classifier needs "
+                f"{self.min_calibration_steps} (docs/GRADIP.md); its decision is unreliable")
 
     @property
     def flagged(self) -> list[int]:
@@ -113,6 +129,9 @@ class Report:
             "classifier": self.classifier, "decision_source": self.decision_source,
             "partition": self.partition, "flagged": self.flagged, "extreme": self.extreme,
             "stopped": sorted(r.client for r in self.rows if r.stopped) if self.algorithm == "meerkat-vp" else None,
+            "outcome": self.outcome, "reason": self.reason, "population": self.population,
+            "calibration_steps": self.calibration_steps, "min_calibration_steps": self.min_calibration_steps,
+            "short_calibration": self.short_calibration, "warning": self.warning(),
             "detector": self.detector(), "notes": self.notes,
             "clients": [asdict(r) for r in self.rows],
         }
@@ -143,7 +162,14 @@ def _partition(train_cfg: TrainConfig, notes: list[str]) -> Any | None:
 
 
 def run_classifier(train_cfg: TrainConfig, name: str | None = None) -> Classifier:
-    return make_classifier(name or train_cfg.vp.classifier, train_cfg.vp.classifier_params())
+    return classifier_from_settings(train_cfg.vp, name)
+
+
+def _ledger_outcome(vp: dict[str, Any]) -> tuple[str, str]:
+    """A ledger record's outcome (records written before the outcome was logged: from its flags)."""
+    if "outcome" in vp:
+        return str(vp["outcome"]), str(vp.get("reason", ""))
+    return ("flagged" if vp["flagged"] else "none"), ""
 
 
 def build_report(run_dir: str | Path, round_: int | None = None, client: int | None = None,
@@ -166,36 +192,43 @@ def build_report(run_dir: str | Path, round_: int | None = None, client: int | N
     if r not in rounds:
         raise MeerkatInputError(f"--round {r}: run {run.path} has GradIP trajectories for rounds {rounds[0]}..{rounds[-1]}")
     items: dict[int, Trajectory] = trajs.for_round(r)
-    if client is not None:
-        if client not in items:
-            raise MeerkatInputError(f"--client {client}: not in round {r} of run {run.path} (clients {sorted(items)})")
-        items = {client: items[client]}
+    if client is not None and client not in items:
+        raise MeerkatInputError(f"--client {client}: not in round {r} of run {run.path} (clients {sorted(items)})")
     notes: list[str] = []
     clf = run_classifier(train_cfg, classifier)
+    decision: Decision = clf.classify(items)  # the whole round, whatever --client shows
     _, round_records, _ = run.read_ledger()
     vp = round_records.get(1, {}).get("vp") if algorithm == "meerkat-vp" else None
     use_ledger = vp is not None and r == 1 and classifier is None
     if algorithm == "meerkat" and r == 1:
         notes.append("plain Meerkat run: flags show what Meerkat-vp would have decided on this round")
     manifest = _partition(train_cfg, notes)
+    flagged = {int(c) for c in vp["flagged"]} if use_ledger else set(decision.flagged)
+    outcome, reason = _ledger_outcome(vp) if use_ledger else (decision.outcome, decision.reason)
+    if use_ledger and set(decision.flagged) != flagged:
+        notes.append("the ledger's decision differs from a recomputation with the run's classifier settings")
     rows = []
     for c, t in items.items():
-        stats = clf.statistics(t)
-        flagged = int(c) in vp["flagged"] if use_ledger else clf.flag(stats)
+        if client is not None and c != client:
+            continue
         info = manifest.clients[c] if manifest is not None and 0 <= c < manifest.num_clients else None
         rows.append(ClientRow(
-            client=c, steps=t.steps, stats=stats, margins=margins(clf, stats), flagged=bool(flagged),
+            client=c, steps=t.steps, stats=decision.stats[c], margins=decision.margins[c], flagged=c in flagged,
             stopped=(int(c) in vp["stopped"]) if vp is not None else None,
             is_extreme=info.is_extreme if info is not None else None,
             label_entropy_bits=info.label_entropy_bits if info is not None else None,
             assigned_label=info.assigned_label if info is not None else None,
             abs_gradip=[float(v) for v in t.abs_gradip], sparkline=sparkline(t.abs_gradip, width=32),
         ))
-    if use_ledger and any(clf.flag(row.stats) != row.flagged for row in rows):
-        notes.append("the ledger's decision differs from a recomputation with the run's classifier settings")
-    return Report(
+    report = Report(
         run=str(run.path), round=r, rounds=rounds, algorithm=algorithm,
-        classifier={"name": clf.name, "params": clf.params(), "thresholds": clf.thresholds()},
+        classifier={"name": clf.name, "params": clf.params(), "thresholds": clf.thresholds(),
+                    "min_calibration_steps": clf.min_calibration_steps},
         decision_source="ledger" if use_ledger else "computed", rows=rows,
-        partition=str(manifest.path) if manifest is not None else None, notes=notes,
+        partition=str(manifest.path) if manifest is not None else None, outcome=outcome, reason=reason,
+        population=decision.population, calibration_steps=decision.calibration_steps,
+        min_calibration_steps=decision.min_calibration_steps, notes=notes,
     )
+    if report.warning():
+        notes.insert(0, report.warning() or "")
+    return report

@@ -62,3 +62,30 @@ def decay_statistics(
         "initial_steps": float(init_s.stop - init_s.start),
         "later_steps": float(later_s.stop - later_s.start),
     }
+
+
+def later_level(values: Sequence[float] | np.ndarray, later_frac: float) -> dict[str, float]:
+    """The later phase's |GradIP| level of one trajectory, on a log scale, with its standard error.
+
+    ``log_level = log(mean |GradIP| of the later phase)``; ``log_level_se`` is the delta-method
+    standard error of that log-mean (``sd / (mean sqrt(n))`` over the phase's finite steps): how much
+    the level of a client would move from step noise alone. nan when undefined (no finite step, or a
+    mean of exactly 0)."""
+    a = np.abs(np.asarray(values, dtype=np.float64))
+    _, later_s = phase_slices(a.size, 0.0, later_frac)
+    later = _finite(a[later_s])
+    m = _mean(later)
+    if not (math.isfinite(m) and m > 0):
+        return {"mean_later": m, "log_level": math.nan, "log_level_se": math.nan, "later_steps": float(later.size)}
+    se = float(later.std(ddof=1) / (m * math.sqrt(later.size))) if later.size > 1 else math.nan
+    return {"mean_later": m, "log_level": math.log(m), "log_level_se": se, "later_steps": float(later.size)}
+
+
+def median_mad(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """(median, 1.4826 x median absolute deviation): a robust centre and a scale that equals the
+    standard deviation for normal data and ignores up to half of the values being outliers."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return math.nan, math.nan
+    med = float(np.median(a))
+    return med, 1.4826 * float(np.median(np.abs(a - med)))
