@@ -40,7 +40,8 @@ def make_mask(cfg: MaskConfig, progress: ProgressFn | None = None, on_event: Eve
     cfg.validate()
     start = time.perf_counter()
     say(f"loading model {cfg.model} ...")
-    loaded = models.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    loaded = models.load_model(cfg.model, device=cfg.device, dtype="fp32" if cfg.dtype == "auto" else cfg.dtype,
+                               trust_remote_code=cfg.trust_remote_code)  # auto: the backprop pass runs in fp32
     names = [n for n, _ in loaded.model.named_parameters()]
     for pattern in unmatched_patterns(names, cfg.exclude):
         say(f"warning: --exclude {pattern} matches no parameter")
