@@ -200,3 +200,28 @@ def test_accuracy_sweep_quick(tmp_path: Path, tiny_mask: Path) -> None:
     # a finished run is not read back for other settings (the run directory's name does not hold lr or eps)
     with pytest.raises(SystemExit, match=r"made with other settings: eps=0\.001 \(now 0\.002\)"):
         mod.main(argv + ["--eps", "0.002"])
+
+
+def test_precision_quick(tmp_path: Path, tiny_mask: Path) -> None:
+    out = tmp_path / "precision.json"
+    load("precision").main(["--quick", "--mask", str(tiny_mask), "--work", str(tmp_path / "w"), "--json", str(out)])
+    doc = json.loads(out.read_text())
+    ref = doc["errors"]["reference"]
+    assert ref["k"] == mask_k(tiny_mask) and len(ref["g"]) == 6 and all(math.isfinite(g) for g in ref["g"])
+    rows = {(r["dtype"], r["mode"]): r for r in doc["errors"]["rows"]}
+    assert set(rows) == {("bf16", "carriers"), ("bf16", "rounded"), ("fp16", "carriers"), ("fp16", "rounded")}
+    for (dtype, mode), r in rows.items():
+        assert r["n"] == 6 and 0 <= r["median"] <= r["p90"] and 0 <= r["sign_flips"] <= 6
+        assert (r["carriers"] is not None) == (mode == "carriers")
+        assert (r["erased_share"] is not None) == (mode == "rounded")
+    assert rows[("bf16", "rounded")]["erased_share"] > rows[("fp16", "rounded")]["erased_share"]
+    timing = {r["dtype"]: r for r in doc["timing"]["rows"]}
+    assert set(timing) == {"fp32", "bf16", "fp16"}
+    for r in timing.values():
+        assert finite_pos(r["two_forwards_s"]) and finite_pos(r["step_over_two_forwards_cpu"])
+    assert timing["fp32"]["fp32_step_over_step"] == pytest.approx(1.0)
+    acc = doc["accuracy"]
+    assert {(r["dtype"], r["seed"]) for r in acc["rows"]} == {("fp32", 0), ("bf16", 0)}
+    assert all(0 <= r["final_accuracy"] <= 1 and r["client_steps"] == 4 for r in acc["rows"])
+    assert "diff_vs_fp32" in acc["summary"]["sentiment2-small"]["bf16"]
+    assert doc["cpu_bf16"]["auto"] in ("fp32", "bf16")
