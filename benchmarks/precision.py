@@ -44,7 +44,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=["fp32", "bf16", "fp16"])
     p.add_argument("--modes", nargs="+", default=["carriers", "rounded"], choices=["carriers", "rounded"],
-                   help="write modes compared in the errors section (low-precision dtypes only)")
+                   help="write modes of the low-precision dtypes compared in the errors and timing sections")
     p.add_argument("--task", default="sentiment2", help="task of the errors and timing sections")
     p.add_argument("--loss", default="classification", choices=["lm", "classification"])
     p.add_argument("--keys", type=int, default=32, help="keys (one z each) in the errors section")
@@ -189,10 +189,13 @@ def section_timing(args: argparse.Namespace) -> dict[str, Any]:
 
     setups = {}
     for dtype in args.dtypes:
-        loaded, coords = _load(args, dtype)
-        enc, batches = _batches(args, loaded)
-        setups[dtype] = (loaded, coords, _loss_fn(args, loaded, coords, enc, batches[0]))
-        shape = list(batches[0].input_ids.shape)
+        modes = ["carriers"] if dtype == "fp32" else args.modes
+        for mode in modes:
+            name = dtype if mode == "carriers" else f"{dtype}-rounded"
+            loaded, coords = _load(args, dtype, carriers=None if mode == "carriers" else False)
+            enc, batches = _batches(args, loaded)
+            setups[name] = (loaded, coords, _loss_fn(args, loaded, coords, enc, batches[0]))
+            shape = list(batches[0].input_ids.shape)
     times: dict[str, dict[str, list[float]]] = {d: {"fwd2": [], "step": [], "fwd2_cpu": [], "step_cpu": []} for d in setups}
     step_no = [0]
 
@@ -254,6 +257,7 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
                                   eval_limit=args.eval_limit)
                 summary_path = run / "summary.json"
                 if summary_path.exists():
+                    _common.check_same_settings(run, cfg, "precision")
                     status, summary = "read back", json.loads(summary_path.read_text())
                 else:
                     cfg.resume = RunDir(run).exists()
@@ -297,9 +301,9 @@ def print_tables(doc: dict[str, Any]) -> None:
             print(f"{r['dtype']:<6} {r['mode']:<9} {r['eps']:>7g} {r['median']:>15.4f} {r['p90']:>8.4f} "
                   f"{r['sign_flips']:>5}/{r['n']:<5} {er:>7}")
     if "timing" in doc:
-        print(f"\n{'dtype':<6} {'2 forwards s':>12} {'step s':>8} {'step/2fwd':>10} {'(cpu)':>7} {'fp32 step/step':>15}")
+        print(f"\n{'dtype':<12} {'2 forwards s':>12} {'step s':>8} {'step/2fwd':>10} {'(cpu)':>7} {'fp32 step/step':>15}")
         for r in doc["timing"]["rows"]:
-            print(f"{r['dtype']:<6} {r['two_forwards_s']:>12.3f} {r['step_s']:>8.3f} {r['step_over_two_forwards']:>10.3f} "
+            print(f"{r['dtype']:<12} {r['two_forwards_s']:>12.3f} {r['step_s']:>8.3f} {r['step_over_two_forwards']:>10.3f} "
                   f"{r['step_over_two_forwards_cpu']:>7.3f} {r.get('fp32_step_over_step_cpu', float('nan')):>15.3f}")
     if "accuracy" in doc:
         print(f"\n{'task':<16} {'dtype':<6} {'final accuracy':>22} {'vs fp32':>8} {'s/step in rounds':>17}")

@@ -216,7 +216,7 @@ def test_precision_quick(tmp_path: Path, tiny_mask: Path) -> None:
         assert (r["erased_share"] is not None) == (mode == "rounded")
     assert rows[("bf16", "rounded")]["erased_share"] > rows[("fp16", "rounded")]["erased_share"]
     timing = {r["dtype"]: r for r in doc["timing"]["rows"]}
-    assert set(timing) == {"fp32", "bf16", "fp16"}
+    assert set(timing) == {"fp32", "bf16", "fp16", "bf16-rounded", "fp16-rounded"}
     for r in timing.values():
         assert finite_pos(r["two_forwards_s"]) and finite_pos(r["step_over_two_forwards_cpu"])
     assert timing["fp32"]["fp32_step_over_step"] == pytest.approx(1.0)
