@@ -236,9 +236,9 @@ def section_timing(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
-    from meerkat_core.fed.config import TrainConfig
-    from meerkat_core.fed.rundir import RunDir
+    from meerkat_core.config.train import EvalSettings, TrainConfig
     from meerkat_core.fed.training import run_training
+    from meerkat_core.rundir import RunDir
 
     work = Path(args.work)
     rows = []
@@ -254,7 +254,7 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
                                   rounds=args.rounds, local_steps=args.local_steps,
                                   clients_per_round=args.clients_per_round, lr=args.lr, batch_size=args.batch_size,
                                   loss=args.loss, seed=seed, device=args.device, dtype=dtype,
-                                  eval_limit=args.eval_limit)
+                                  eval=EvalSettings(limit=args.eval_limit))
                 summary_path = run / "summary.json"
                 if summary_path.exists():
                     _common.check_same_settings(run, cfg, "precision")
