@@ -59,7 +59,7 @@ def test_task_json_with_local_files(tmp_path: Path) -> None:
 
 
 def test_task_json_missing_column(tmp_path: Path) -> None:
-    with pytest.raises(MeerkatInputError, match="no column 'label'"):
+    with pytest.raises(MeerkatInputError, match="label_column reads column 'label', which the data lacks"):
         load_task_data(get_task(str(_task_file(tmp_path, label_column="label"))))
 
 

