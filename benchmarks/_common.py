@@ -107,6 +107,23 @@ def ensure_small_task(folder: Path, n_train: int = SMALL_TRAIN, n_test: int = SM
     return str(spec)
 
 
+# TrainConfig fields that do not change a finished run's result; every other one must match to read it back
+READ_BACK_IGNORES = ("out", "resume", "device", "eval_every", "checkpoint_every", "z_cache_mb")
+
+
+def check_same_settings(run: Path, cfg: Any, who: str) -> None:
+    """Refuse to read back a finished run made with other settings (the directory name does not hold them all)."""
+    from meerkat_core.rundir import RunDir
+
+    previous = RunDir(run).train_config()
+    ignore = READ_BACK_IGNORES + (("dtype",) if cfg.dtype == "auto" else ())  # auto resumes in the run's dtype
+    before, now = previous.to_dict(), cfg.to_dict()
+    diff = [f"{k}={before[k]!r} (now {now[k]!r})" for k in cfg.changed_settings(previous, ignore)]
+    if diff:
+        raise SystemExit(f"{who}: {run} was made with other settings: {', '.join(diff)}; "
+                         "use another --out for these settings")
+
+
 def mean_sd(xs: Iterable[float | None]) -> tuple[float, float]:
     vals = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
     if not vals:

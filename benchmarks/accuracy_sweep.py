@@ -121,23 +121,6 @@ def partition_for(args: argparse.Namespace, out: Path, task: str, scheme: str, s
 # full-zo's default z cache: 1 GiB holds z for up to 268M weights (smollm2-135m: d = 134.5M, 513 MiB)
 _FULL_ZO_CACHE_MB = 1024
 
-# TrainConfig fields that do not change a finished run's result; every other one must match to read it back
-_READ_BACK_IGNORES = ("out", "resume", "device", "eval_every", "checkpoint_every", "z_cache_mb")
-
-
-def _check_same_settings(run: Path, cfg: Any) -> None:
-    """Refuse to read back a finished run made with other settings (the directory name does not hold them all)."""
-    from meerkat_core.config.train import TrainConfig
-    from meerkat_core.rundir import RunDir
-
-    previous = RunDir(run).train_config()
-    before, now = previous.to_dict(), cfg.to_dict()
-    diff = [f"{k}={before[k]!r} (now {now[k]!r})" for k in cfg.changed_settings(previous, _READ_BACK_IGNORES)]
-    if diff:
-        raise SystemExit(f"accuracy_sweep: {run} was made with other settings: {', '.join(diff)}; "
-                         "use another --out for these settings")
-
-
 def run_one(args: argparse.Namespace, out: Path, task: str, group: str, part_name: str, part: Path, arm: str,
             mask: str, seed: int, steps: int, rounds: int) -> dict[str, Any]:
     import json
@@ -158,7 +141,7 @@ def run_one(args: argparse.Namespace, out: Path, task: str, group: str, part_nam
     summary_path = run / "summary.json"
     resumed = "read back"
     if summary_path.exists():
-        _check_same_settings(run, cfg)
+        _common.check_same_settings(run, cfg, "accuracy_sweep")
         summary = json.loads(summary_path.read_text())
     else:
         cfg.resume = RunDir(run).exists()

@@ -234,3 +234,28 @@ def test_scale_quick(tmp_path: Path) -> None:
                                "--out", str(tmp_path / "none.json")])
     skipped = tiny["shapes"][0]["dtypes"]["fp32"]["skipped"]
     assert set(skipped) == {"inference", "mask", "train"} and all("estimated peak" in v for v in skipped.values())
+
+
+def test_precision_quick(tmp_path: Path, tiny_mask: Path) -> None:
+    out = tmp_path / "precision.json"
+    load("precision").main(["--quick", "--mask", str(tiny_mask), "--work", str(tmp_path / "w"), "--json", str(out)])
+    doc = json.loads(out.read_text())
+    ref = doc["errors"]["reference"]
+    assert ref["k"] == mask_k(tiny_mask) and len(ref["g"]) == 6 and all(math.isfinite(g) for g in ref["g"])
+    rows = {(r["dtype"], r["mode"]): r for r in doc["errors"]["rows"]}
+    assert set(rows) == {("bf16", "carriers"), ("bf16", "rounded"), ("fp16", "carriers"), ("fp16", "rounded")}
+    for (dtype, mode), r in rows.items():
+        assert r["n"] == 6 and 0 <= r["median"] <= r["p90"] and 0 <= r["sign_flips"] <= 6
+        assert (r["carriers"] is not None) == (mode == "carriers")
+        assert (r["erased_share"] is not None) == (mode == "rounded")
+    assert rows[("bf16", "rounded")]["erased_share"] > rows[("fp16", "rounded")]["erased_share"]
+    timing = {r["dtype"]: r for r in doc["timing"]["rows"]}
+    assert set(timing) == {"fp32", "bf16", "fp16", "bf16-rounded", "fp16-rounded"}
+    for r in timing.values():
+        assert finite_pos(r["two_forwards_s"]) and finite_pos(r["step_over_two_forwards_cpu"])
+    assert timing["fp32"]["fp32_step_over_step"] == pytest.approx(1.0)
+    acc = doc["accuracy"]
+    assert {(r["dtype"], r["seed"]) for r in acc["rows"]} == {("fp32", 0), ("bf16", 0)}
+    assert all(0 <= r["final_accuracy"] <= 1 and r["client_steps"] == 4 for r in acc["rows"])
+    assert "diff_vs_fp32" in acc["summary"]["sentiment2-small"]["bf16"]
+    assert doc["cpu_bf16"]["auto"] in ("fp32", "bf16")

@@ -98,3 +98,47 @@ def test_real_smollm2_offline_prefers_great(monkeypatch: pytest.MonkeyPatch) -> 
     assert logp[great[0]] > logp[terrible[0]] + 2.0
     assert logp[great[0]].item() == pytest.approx(-5.51, abs=0.05)
     assert logp[terrible[0]].item() == pytest.approx(-8.74, abs=0.05)
+
+
+def _rotary_buffers(model) -> dict[str, torch.Tensor]:
+    return {n: b for n, b in model.named_buffers() if n.endswith("inv_freq")}
+
+
+@pytest.mark.parametrize("dtype,want", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)])
+def test_loaded_model_is_what_the_fast_path_needs(tmp_path: Path, tiny_loaded, dtype: str, want: torch.dtype) -> None:
+    """Times nothing: the loaded model's parameters are in the run dtype, RoPE's inv_freq stays fp32 (a
+    cast model rounds it to bf16), and requires_grad is left as loaded (freezing a bf16 model costs a
+    6.4x slower linear kernel on AMX CPUs in torch 2.13; every forward runs under inference_mode)."""
+    d = tmp_path / "m"
+    tiny_loaded.model.save_pretrained(str(d))
+    tiny_loaded.tokenizer.save_pretrained(str(d))
+    for loaded in (load_model("tiny-llama", device="cpu", dtype=dtype), load_model(str(d), device="cpu", dtype=dtype)):
+        assert loaded.dtype == want
+        assert {p.dtype for p in loaded.model.parameters()} == {want}
+        rot = _rotary_buffers(loaded.model)
+        assert rot and all(b.dtype == torch.float32 for b in rot.values())
+        assert all(p.requires_grad for p in loaded.model.parameters())
+        assert not loaded.model.training
+        assert loaded.model.lm_head.weight is loaded.model.model.embed_tokens.weight  # still tied
+    ref = _rotary_buffers(tiny_loaded.model)
+    assert all(torch.equal(b, ref[n]) for n, b in _rotary_buffers(loaded.model).items())
+
+
+def test_dtype_auto_rule() -> None:
+    from meerkat_core.models import choose_dtype, cpu_bf16_feature
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_dtype("auto", cpu, bf16_feature="AMX-BF16").name == "bf16"
+    assert choose_dtype("auto", cpu, bf16_feature="AVX512-BF16").name == "bf16"
+    plain = choose_dtype("auto", cpu, bf16_feature=None)
+    assert plain.name == "fp32" and "without native bf16" in plain.reason
+    assert choose_dtype("auto", cuda).name == "fp32"
+    assert choose_dtype("bfloat16", cpu).name == "bf16" and choose_dtype("fp16", cuda).name == "fp16"
+    with pytest.raises(MeerkatInputError, match="expected auto, fp32, bf16 or fp16"):
+        choose_dtype("int8", cpu)
+    assert cpu_bf16_feature({"avx2", "amx_bf16", "amx_tile"}) == "AMX-BF16"
+    assert cpu_bf16_feature({"avx512f", "avx512_bf16"}) == "AVX512-BF16"
+    assert cpu_bf16_feature({"avx2", "fma"}) is None
+    # on this machine: the probe and the flags agree, and auto follows them
+    here = cpu_bf16_feature()
+    assert choose_dtype("auto", cpu).name == ("bf16" if here else "fp32")

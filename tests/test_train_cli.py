@@ -198,6 +198,34 @@ def test_train_refuses_a_run_dir_in_use(finished_run: tuple[Path, dict], tiny_ma
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before and not (out / LOCK).exists()
 
 
+def test_default_dtype_is_resolved_and_recorded(finished_run: tuple[Path, dict]) -> None:
+    """--dtype auto is decided once, recorded concretely in config.json with the reason."""
+    from meerkat_core.models import choose_dtype
+
+    out, _ = finished_run
+    config = json.loads((out / "config.json").read_text())
+    here = choose_dtype("auto", torch.device("cpu"))
+    assert config["train"]["dtype"] == here.name
+    assert config["provenance"]["dtype"] == str(here.dtype).removeprefix("torch.")
+    assert config["provenance"]["dtype_reason"] == here.reason
+
+
+def test_bf16_run_resumes_bitwise(tiny_mask: Path, tiny_partition: Path, tmp_path: Path) -> None:
+    """A bf16 run (low-precision carriers) stopped after round 1 and resumed with --dtype auto ends on
+    the same bytes as the uninterrupted run: auto adopts the run's recorded dtype."""
+    ref, out = tmp_path / "ref", tmp_path / "cut"
+    run_cli(*train_args(tiny_mask, tiny_partition, ref, "--dtype", "bf16", rounds=2))
+    run_cli(*train_args(tiny_mask, tiny_partition, out, "--dtype", "bf16", rounds=1))
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["dtype"] == "bf16" and config["provenance"]["carriers"]["corrected_linears"] > 0
+    run_cli(*train_args(tiny_mask, tiny_partition, out, "--resume", rounds=2))  # --dtype auto
+    name = "round-0002.safetensors"
+    assert (out / "checkpoints" / name).read_bytes() == (ref / "checkpoints" / name).read_bytes()
+    assert json.loads((out / "config.json").read_text())["train"]["dtype"] == "bf16"
+    res = run_cli(*train_args(tiny_mask, tiny_partition, out, "--resume", "--dtype", "fp32", rounds=3), check=False)
+    assert res.returncode == 2 and "--dtype is 'fp32' but the run used 'bf16'" in res.stderr
+
+
 def test_eval_checkpoint_refuses_another_task_unless_cross_task(finished_run: tuple[Path, dict]) -> None:
     out, _ = finished_run
     proc = run_cli("eval", "--checkpoint", str(out), "--task", "sentiment3", "--limit", "4", check=False)

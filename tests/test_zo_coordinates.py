@@ -84,7 +84,7 @@ def test_restore_exact_after_many_cycles(dtype, flatten):
     model = tiny_llama(dtype=dtype)
     mask = random_mask(model, 700, seed=1)
     before = snapshot(model)
-    coords = SparseCoordinates(model, mask, flatten=flatten)
+    coords = SparseCoordinates(model, mask, flatten=flatten, carriers=False)  # rounded writes (carriers: test_zo_carriers)
     assert coords.flattened == flatten
     x0 = coords.values()
     for t in range(50):
@@ -196,7 +196,7 @@ def test_set_values_and_values_copy():
     model = tiny_llama(dtype=torch.bfloat16)
     mask = random_mask(model, 100)
     before = snapshot(model)
-    coords = SparseCoordinates(model, mask)
+    coords = SparseCoordinates(model, mask, carriers=False)
     v = coords.values()
     v += 1.0
     assert not torch.equal(v, coords.master)

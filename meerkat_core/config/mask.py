@@ -33,7 +33,7 @@ class MaskConfig:
                                         "memory limit); the same mask, N + 1 passes instead of 2.")
     seed: int = setting(0, help="Seed for corpus sampling and the random method.")
     device: str = setting("auto", help="auto | cpu | cuda[:N].")
-    dtype: str = setting("auto", help="auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16.")
+    dtype: str = setting("auto", help="auto (fp32: the backprop pass is not measured in bf16) | fp32 | bf16 | fp16.")
     trust_remote_code: bool = setting(False, help="Allow custom model code from a hub repo.")
     out: str = setting(help="Where to write the mask (.safetensors).")
 

@@ -26,6 +26,7 @@ from safetensors.torch import load as st_load
 from meerkat_core.atomic import write_bytes_atomic
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.hashing import sha256_file
+from meerkat_core.models.dtypes import LOW_PRECISION
 from meerkat_core.st_bytes import safetensors_bytes
 
 FORMAT = "meerkat.checkpoint"
@@ -145,19 +146,28 @@ def apply_checkpoint(loaded: Any, spec: str, mask: str | None = None) -> str:
     else:
         mask_file = load_mask(find_mask(path, md, mask), loaded.model)
         index = {t.name: t.indices for t in mask_file.nonempty()}
+    for name, vals in values.items():
+        if name not in params or name not in index:
+            raise MeerkatInputError(f"checkpoint {path}: unknown tensor {name}")
+        idx = index[name]
+        want = params[name].numel() if idx is None else idx.numel()
+        if vals.numel() != want:
+            what = "the parameter" if idx is None else "the mask"
+            raise MeerkatInputError(
+                f"checkpoint {path}: {name} has {vals.numel()} values, {what} has {want} (mask_sha256 "
+                f"{md.get('mask_sha256')!r}); the checkpoint is damaged"
+            )
+    if loaded.dtype in LOW_PRECISION and set(values) == set(index) and all(i is not None for i in index.values()):
+        # a bf16/fp16 model computes with the trained fp32 values exactly, as training did (zo/carriers.py)
+        from meerkat_core.zo import SparseCoordinates
+
+        coords = SparseCoordinates(loaded.model, index)
+        coords.set_values(coords.concat(values))
+        return str(path)
     with torch.no_grad():
         for name, vals in values.items():
-            if name not in params or name not in index:
-                raise MeerkatInputError(f"checkpoint {path}: unknown tensor {name}")
             flat = params[name].data.view(-1)
             idx = index[name]
-            want = flat.numel() if idx is None else idx.numel()
-            if vals.numel() != want:
-                what = "the parameter" if idx is None else "the mask"
-                raise MeerkatInputError(
-                    f"checkpoint {path}: {name} has {vals.numel()} values, {what} has {want} (mask_sha256 "
-                    f"{md.get('mask_sha256')!r}); the checkpoint is damaged"
-                )
             if idx is None:
                 flat.copy_(vals.to(flat.dtype).view(-1))
             else:

@@ -125,6 +125,9 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
         "task_identity": task.identity(),
         "num_clients": len(sizes),
         "torch": torch.__version__,
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        # low-precision runs: where the masked coordinates are carried (zo/carriers.py); None in fp32
+        "carriers": coords.carriers.summary() if coords.carriers else None,
     }
     return Federation(cfg, loaded, task, mask, manifest, clients, runtime, server, test_set, provenance)
 

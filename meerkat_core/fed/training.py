@@ -279,9 +279,9 @@ def run_training(
 
     The run directory is locked for the whole job (``run_lock``): a second process on it is refused."""
     check_config(cfg)
-    run = check_run_dir(cfg)
+    run, dtype_reason = check_run_dir(cfg)
     with run_dir_lock(run.path):
-        return _train_locked(cfg, run, on_round, on_event, build, round_runner)
+        return _train_locked(cfg, run, on_round, on_event, build, round_runner, dtype_reason)
 
 
 def _train_locked(
@@ -291,9 +291,12 @@ def _train_locked(
     on_event: Callable[[str], None] | None,
     build: Callable[[TrainConfig], Federation],
     round_runner: RoundRunner | None,
+    dtype_reason: str,
 ) -> dict[str, Any]:
     fed = build(cfg)  # loads and checks every input before anything is written
+    fed.provenance["dtype_reason"] = dtype_reason
     say = on_event or (lambda msg: None)
+    say(f"dtype {cfg.dtype} ({dtype_reason})")
     warning = calibration_warning(cfg)
     if warning:
         say(f"warning: {warning}")

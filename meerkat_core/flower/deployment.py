@@ -316,7 +316,7 @@ def run_flower_training(
     if options.mode == "superlink" and not options.superlink:
         raise MeerkatInputError("--superlink: give the SuperLink's address (host:port)")
     check_config(cfg)
-    check_run_dir(cfg)  # bad --out / --resume fail here, before anything starts
+    check_run_dir(cfg)  # bad --out / --resume fail here, before anything starts; --dtype auto becomes concrete
     num_supernodes = load_partition(cfg.partition).num_clients
     say = on_event or (lambda msg: None)
     work = Path(options.work_dir) if options.work_dir else Path(tempfile.mkdtemp(prefix="meerkat-flower-"))

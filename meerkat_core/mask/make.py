@@ -44,7 +44,8 @@ def make_mask(cfg: MaskConfig, progress: ProgressFn | None = None, on_event: Eve
     # computation): where the mask goes, the corpus, the model
     check_writable(cfg.out, "--out")
     docs = load_documents(cfg.corpus, text_field=cfg.text_field, max_hub_docs=hub_docs_for(cfg.samples))
-    loaded = models.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    loaded = models.load_model(cfg.model, device=cfg.device, dtype="fp32" if cfg.dtype == "auto" else cfg.dtype,
+                               trust_remote_code=cfg.trust_remote_code)  # auto: the backprop pass runs in fp32
     names = [n for n, _ in loaded.model.named_parameters()]
     for pattern in unmatched_patterns(names, cfg.exclude):
         say(f"warning: --exclude {pattern} matches no parameter")

@@ -12,12 +12,11 @@ import torch
 
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.hashing import model_fingerprint
+from meerkat_core.models.dtypes import DTYPES, choose_dtype
 from meerkat_core.paths import hub_offline
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 @dataclass
@@ -28,6 +27,7 @@ class LoadedModel:
     source: str  # where the weights came from (a directory, file or hub id)
     device: torch.device
     dtype: torch.dtype
+    dtype_reason: str = ""  # why this dtype (``--dtype auto`` says what it picked and why)
 
     @property
     def fingerprint(self) -> str:
@@ -49,11 +49,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise MeerkatInputError(f"--dtype {dtype}: expected auto, fp32, bf16 or fp16")
-    return DTYPES[dtype]
+    """``--dtype`` as a torch dtype (``auto``: see ``meerkat_core.models.dtypes.choose_dtype``)."""
+    return choose_dtype(dtype, device).dtype
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -67,25 +64,25 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
-def _load_hf_dir(path: Path, spec: str, trust_remote_code: bool) -> tuple[Any, Any]:
+def _load_hf_dir(path: Path, spec: str, trust_remote_code: bool, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").is_file():
         raise MeerkatInputError(f"model '{spec}': {path} has no config.json; pass a Hugging Face model directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code, dtype=dtype)
     except Exception as exc:  # corrupt weights, unknown architecture, ...
         raise MeerkatInputError(f"model '{spec}': cannot load {path} ({_first_line(exc)})") from None
     return model, tokenizer
 
 
-def _load_gguf_file(path: Path, spec: str) -> tuple[Any, Any]:
+def _load_gguf_file(path: Path, spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     except Exception as exc:
         raise MeerkatInputError(f"model '{spec}': cannot read GGUF file {path} ({_first_line(exc)})") from None
     if hasattr(model.config, "quantization_config"):
@@ -94,13 +91,13 @@ def _load_gguf_file(path: Path, spec: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _load_hub(spec: str, trust_remote_code: bool) -> tuple[Any, Any]:
+def _load_hub(spec: str, trust_remote_code: bool, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     offline = hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=trust_remote_code, dtype=dtype)
     except Exception as exc:
         if offline:
             raise MeerkatInputError(
@@ -162,7 +159,8 @@ def load_model(
     from meerkat_core.models.builtin import BUILTIN_MODELS
 
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    choice = choose_dtype(dtype, dev)
+    dt = choice.dtype
     if spec in BUILTIN_MODELS:
         from meerkat_core.models.gguf_cache import ensure_smollm2_dir
 
@@ -174,14 +172,14 @@ def load_model(
             from meerkat_core.models.tiny import build_tiny
 
             tokenizer = AutoTokenizer.from_pretrained(str(smol_dir))
-            model = build_tiny(family, vocab_size=len(tokenizer), name=spec)
+            model = cast_parameters(build_tiny(family, vocab_size=len(tokenizer), name=spec), dt)
             source = "config (seeded random weights)"
         else:
             try:
-                model, tokenizer = _load_hf_dir(smol_dir, spec, False)
+                model, tokenizer = _load_hf_dir(smol_dir, spec, False, dt)
             except MeerkatInputError:  # a damaged cache: rebuild it once
                 smol_dir = ensure_smollm2_dir(force=True)
-                model, tokenizer = _load_hf_dir(smol_dir, spec, False)
+                model, tokenizer = _load_hf_dir(smol_dir, spec, False, dt)
             source = str(smol_dir)
     elif _looks_like_path(spec):
         path = Path(spec).expanduser()
@@ -193,15 +191,28 @@ def load_model(
         if path.is_file():
             if path.suffix != ".gguf":
                 raise MeerkatInputError(f"model '{spec}': a file must be a .gguf; otherwise pass the model's directory")
-            model, tokenizer = _load_gguf_file(path, spec)
+            model, tokenizer = _load_gguf_file(path, spec, dt)
         else:
-            model, tokenizer = _load_hf_dir(path, spec, trust_remote_code)
+            model, tokenizer = _load_hf_dir(path, spec, trust_remote_code, dt)
         source = str(path.resolve())
     else:
-        model, tokenizer = _load_hub(spec, trust_remote_code)
+        model, tokenizer = _load_hub(spec, trust_remote_code, dt)
         source = f"hub:{spec}"
-    model = model.to(device=dev, dtype=dt).eval()
-    model.requires_grad_(False)
+    # Loaded in the run dtype already: ``.to(dtype)`` here would also cast fp32 buffers (RoPE's
+    # inv_freq) to bf16. requires_grad is left as loaded: every forward of the project runs under
+    # inference_mode, where it costs nothing, and torch 2.13 on AMX CPUs runs a bf16 linear with a
+    # frozen weight 6.4x slower (issue #20). Code that backpropagates sets the flags it needs.
+    model = cast_parameters(model, dt).to(device=dev).eval()
     return LoadedModel(
-        model=model, tokenizer=_tokenizer_ready(tokenizer), name=spec, source=source, device=dev, dtype=dt
+        model=model, tokenizer=_tokenizer_ready(tokenizer), name=spec, source=source, device=dev, dtype=dt,
+        dtype_reason=choice.reason,
     )
+
+
+def cast_parameters(model: Any, dtype: torch.dtype) -> Any:
+    """Floating parameters to ``dtype`` in place; buffers (RoPE's fp32 inv_freq) keep their dtype."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dtype.is_floating_point and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+    return model

@@ -17,6 +17,10 @@
   memory released before the next (``relocate``), so the weights never exist twice, on CPU (memory-
   mapped or not) or on an accelerator (staged through host memory). Build the object after the model
   has its final device and dtype: ``model.to(...)`` afterwards re-allocates the weights (``check_layout`` detects it).
+* **Low precision** (bf16/fp16 weights, sparse mask): the coordinates get fp32-exact carriers
+  (``carriers.py``) so that the forwards see ``x +- eps z`` rather than its rounding; perturb /
+  restore are then two or three index ops on the carriers' buffers. The master, z and the update
+  are the same fp32 ones, so the server's replay does not change.
 * ``indices=None`` selects every weight (full-parameter ZO baseline, k = d). Then perturb/update
   work on the flat buffer in pieces and, when d exceeds ``z_cache_limit``, redraw z per piece from
   (key, offset) instead of holding a d-sized z.
@@ -38,6 +42,7 @@ from torch import nn
 from meerkat_core.errors import MeerkatError, MeerkatInputError
 from meerkat_core.zo import rng
 from meerkat_core.zo.relocate import Relocator
+from meerkat_core.zo.carriers import LOW_PRECISION, CarriedWrites, Carriers, install_carriers
 from meerkat_core.zo.update import apply_update
 
 __all__ = ["SparseCoordinates", "TensorSpan"]
@@ -184,6 +189,9 @@ class SparseCoordinates:
         device: device of the master copy (default: the first such parameter's device).
         z_cache_limit: keep the last key's z when k <= this; otherwise z is redrawn in pieces.
         chunk: piece length for large k (default ``rng.default_chunk(device)``).
+        carriers: give the coordinates of a bf16/fp16 model fp32-exact carriers (``carriers.py``) so
+            that its forwards see ``x +- eps z``; None (default): when the masked weights are bf16 or
+            fp16, the mask is sparse and z is held for the step (k <= ``z_cache_limit``).
     """
 
     def __init__(
@@ -195,6 +203,7 @@ class SparseCoordinates:
         device: torch.device | str | None = None,
         z_cache_limit: int = Z_CACHE_LIMIT,
         chunk: int | None = None,
+        carriers: bool | None = None,
     ) -> None:
         named = list(model.named_parameters())
         if not named:
@@ -213,14 +222,25 @@ class SparseCoordinates:
         self._flats: list[_Flat] = []
         self._segments: list[_Segment] = []
         self._layout: list[tuple[nn.Parameter, int, torch.dtype, torch.device]] = []
+        if carriers is None:
+            carriers = not self.full and self.k <= self.z_cache_limit and any(
+                p.dtype in LOW_PRECISION for _, p in self._spans_params)
+        self.carriers: Carriers | None = None
+        self._carried: CarriedWrites | None = None
+        if carriers:
+            self.carriers = install_carriers(model, [(p, s.indices) for s, p in self._spans_params])
         mover = Relocator()
         self._build(flatten, mover)
         if self._flats:
             _own_cpu_storage([p for _, p in named], {id(p) for f in self._flats for p, _, _ in f.params}, mover)
         with torch.no_grad():
             self._x = torch.empty(self.k, dtype=torch.float32, device=self.device)
-            for seg in self._segments:
-                self._x[seg.k_start : seg.k_stop].copy_(seg.read())
+            if self._carried is not None:
+                self._carried.read(self._x)
+                self._carried.rebase(self._x)
+            else:
+                for seg in self._segments:
+                    self._x[seg.k_start : seg.k_stop].copy_(seg.read())
         self._cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self._z_key: int | None = None
         self._z: torch.Tensor | None = None
@@ -321,6 +341,9 @@ class SparseCoordinates:
                     continue
             self._segments.append(_Segment(target, span.k_start, span.k_stop, index, off if index is None else 0))
         self._layout = [(p, p.data_ptr(), p.dtype, p.device) for _, p in self._spans_params]
+        if self.carriers is not None:  # sparse mode only: every span has indices
+            self._carried = CarriedWrites.build(self.k, self.device, self.carriers, [
+                (p, span.indices, *where[id(p)], span.k_start, span.k_stop) for span, p in self._spans_params])
 
     # ------------------------------------------------------------------------------------------
     # introspection
@@ -332,6 +355,8 @@ class SparseCoordinates:
     @property
     def n_segments(self) -> int:
         """Index ops per perturb/restore (1 for a flattened single-dtype model)."""
+        if self._carried is not None:
+            return len(self._carried.gathers) + len(self._carried.deltas)
         return len(self._segments)
 
     @property
@@ -342,6 +367,18 @@ class SparseCoordinates:
     def values(self) -> torch.Tensor:
         """A copy of the fp32 master k-vector (canonical order)."""
         return self._x.clone()
+
+    @torch.no_grad()
+    def model_values(self) -> torch.Tensor:
+        """The values the model computes with at the coordinates now (fp32 k-vector): the master
+        rounded to the weights' dtype, or with carriers the master to ~2^-17 relative."""
+        out = torch.empty_like(self._x)
+        if self._carried is not None:
+            self._carried.read(out)
+        else:
+            for seg in self._segments:
+                out[seg.k_start : seg.k_stop].copy_(seg.read())
+        return out
 
     def indices_by_name(self) -> dict[str, torch.Tensor]:
         """{name: sorted local flat indices (CPU int64)}; full mode gives aranges."""
@@ -401,7 +438,11 @@ class SparseCoordinates:
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Weights at the coordinates := master.to(model dtype): exact, whatever the dtype."""
+        """Weights at the coordinates := master.to(model dtype): exact, whatever the dtype. With
+        carriers: the model computes with the master itself (fp32 carriers, base + correction)."""
+        if self._carried is not None:
+            self._carried.rebase(self._x)
+            return
         for seg, a, b in self._pieces():
             c = self._cast_of(seg)
             lo, hi = seg.k_start + a, seg.k_start + b
@@ -420,6 +461,9 @@ class SparseCoordinates:
         """Weights := (master + scale * z).to(dtype) at the coordinates (fp32 arithmetic)."""
         self._check_vec(z)
         z = z.to(device=self.device, dtype=torch.float32)
+        if self._carried is not None:
+            self._carried.write(torch.add(self._x, z, alpha=scale))
+            return
         self._write(lambda lo, hi: torch.add(self._x[lo:hi], z[lo:hi], alpha=scale))
 
     @torch.no_grad()
@@ -479,6 +523,8 @@ class SparseCoordinates:
                 p.data = p.data.clone()
         self._flats = []
         self._build(flatten=False)
+        if self._carried is not None:
+            self.restore()
 
     def _check_vec(self, v: torch.Tensor) -> None:
         if v.dim() != 1 or v.numel() != self.k:

@@ -1,0 +1,85 @@
+"""The run dtype: names, and what ``--dtype auto`` picks on this machine (and why).
+
+``auto`` picks bf16 where the hardware computes it natively and the ZO step has been measured to
+learn like fp32 there (benchmarks/RESULTS.md, "Reduced precision"):
+
+* a CPU with AMX-BF16 or AVX512-BF16 (torch's own probes, else the ``/proc/cpuinfo`` flags): bf16
+  forwards are ~3x faster than fp32 there. Without them (e.g. AVX2 only) torch emulates bf16 and a
+  forward is ~7x *slower* than fp32, so auto stays fp32.
+* CUDA: fp32 for now. The reduced-precision step has not been measured on a GPU (no device was
+  available); bf16 there is one explicit ``--dtype bf16`` away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from meerkat_core.errors import MeerkatInputError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    dtype: torch.dtype
+    reason: str  # one line, printed and recorded with the run
+
+    @property
+    def name(self) -> str:
+        return NAMES[self.dtype]
+
+
+def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_bf16_feature(flags: set[str] | None = None) -> str | None:
+    """The CPU's native bf16 instruction set ("AMX-BF16" or "AVX512-BF16"), or None."""
+    if flags is None:
+        probe = getattr(torch, "cpu", None)
+        try:
+            if probe is not None and probe._is_amx_tile_supported():
+                return "AMX-BF16"
+            if probe is not None and probe._is_avx512_bf16_supported():
+                return "AVX512-BF16"
+        except AttributeError:  # an older torch without the probes: read the flags
+            pass
+        flags = _cpuinfo_flags()
+    if "amx_bf16" in flags:
+        return "AMX-BF16"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None
+
+
+def choose_dtype(dtype: str, device: torch.device, bf16_feature: str | None | bool = False) -> DtypeChoice:
+    """Resolve ``--dtype`` (auto | fp32 | bf16 | fp16 and their long names) for ``device``.
+
+    ``bf16_feature``: the CPU's native bf16 feature (default: probed on this machine).
+    """
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise MeerkatInputError(f"--dtype {dtype}: expected auto, fp32, bf16 or fp16")
+        return DtypeChoice(DTYPES[dtype], f"--dtype {dtype}")
+    if device.type == "cuda":
+        return DtypeChoice(torch.float32, "auto: fp32 on CUDA (bf16 not yet measured to learn like fp32 on a GPU)")
+    if device.type != "cpu":
+        return DtypeChoice(torch.float32, f"auto: fp32 on {device.type}")
+    feature = cpu_bf16_feature() if bf16_feature is False else bf16_feature
+    if feature:
+        return DtypeChoice(torch.bfloat16, f"auto: bf16 (CPU with native {feature})")
+    cap = torch.backends.cpu.get_cpu_capability()
+    return DtypeChoice(torch.float32, f"auto: fp32 (CPU without native bf16, {cap}: bf16 would be emulated and slower)")
