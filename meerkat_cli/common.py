@@ -1,7 +1,8 @@
 """CLI conventions shared by every command, in one place.
 
 - Logs, warnings and progress bars go to stderr (``err``); tables and JSON go to stdout (``out``).
-- Every command that prints results takes ``--json`` and then prints exactly one JSON document.
+- Every command that prints results takes ``--json`` and then prints exactly one JSON document
+  (floats rounded for reading: ``display_floats``).
 - Bad input (``MeerkatInputError``) becomes ``error: <one line>`` on stderr and exit code 2,
   with no traceback.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -18,14 +20,6 @@ import typer
 from rich import filesize
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from meerkat_core.errors import MeerkatInputError
 
@@ -69,41 +63,24 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(code=130) from None
 
 
+# Significant digits of the floats ``--json`` prints: float32's precision (most of our numbers are fp32
+# values), so an fp32 accuracy 0.6349999904632568 reads 0.635 and a loss 0.6931471824645996 0.6931472.
+# The run directory's files keep every bit.
+JSON_DIGITS = 7
+
+
+def display_floats(obj: Any, digits: int = JSON_DIGITS) -> Any:
+    """A copy of ``obj`` for display: floats to ``digits`` significant digits, nan and inf as None."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: display_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [display_floats(v, digits) for v in obj]
+    return obj
+
+
 def emit_json(obj: Any) -> None:
-    """Print ``obj`` as JSON on stdout (plain, no rich markup)."""
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Print ``obj`` as JSON on stdout (plain, no rich markup; floats as ``display_floats`` gives them)."""
+    sys.stdout.write(json.dumps(display_floats(obj), indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
-
-
-def make_progress(transient: bool = True) -> Progress:
-    """A rich progress bar on stderr."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=transient,
-    )
-
-
-class ProgressCallback:
-    """Adapter from meerkat_core's ``progress(done, total, description)`` callbacks to rich."""
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._tasks: dict[str, Any] = {}
-
-    def __call__(self, done: int, total: int | None, description: str = "working") -> None:
-        task = self._tasks.get(description)
-        if task is None:
-            task = self._progress.add_task(description, total=total)
-            self._tasks[description] = task
-        self._progress.update(task, completed=done, total=total)
-
-
-@contextmanager
-def progress_callback(transient: bool = True) -> Iterator[ProgressCallback]:
-    with make_progress(transient=transient) as progress:
-        yield ProgressCallback(progress)

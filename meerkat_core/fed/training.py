@@ -104,8 +104,10 @@ def _train_locked(
     run.write_config(cfg, fed.provenance)
     if done == 0 and not metrics:
         say("evaluating the starting point")
+        t0 = time.perf_counter()
         ev = evaluate_global(fed)
-        metrics.append({"round": 0, "eval_accuracy": ev["accuracy"], "eval_loss": ev["loss"], "eval_n": ev["n"]})
+        metrics.append({"round": 0, "eval_accuracy": ev["accuracy"], "eval_loss": ev["loss"], "eval_n": ev["n"],
+                        "eval_seconds": time.perf_counter() - t0})
         run.write_metrics(metrics)
         if on_round:
             on_round(metrics[-1])
@@ -136,8 +138,10 @@ def _train_locked(
         run.append_round(records, {"round": r, "state_crc": outcome.state_crc, **decisions,
                                    **{k: row[k] for k in ("steps", "skipped", "bytes_down", "bytes_up")}})
         if _should_eval(cfg, r):
+            t0 = time.perf_counter()
             ev = evaluate_global(fed)
-            row.update(eval_accuracy=ev["accuracy"], eval_loss=ev["loss"], eval_n=ev["n"])
+            row.update(eval_accuracy=ev["accuracy"], eval_loss=ev["loss"], eval_n=ev["n"],
+                       eval_seconds=time.perf_counter() - t0)
         metrics.append(row)
         run.write_metrics(metrics)
         if _should_checkpoint(cfg, r):
