@@ -6,9 +6,10 @@ from meerkat_core.config.export import ExportConfig
 from meerkat_core.config.gradip import InspectConfig
 from meerkat_core.config.mask import MaskConfig
 from meerkat_core.config.partition import PartitionConfig
+from meerkat_core.config.report import ReportConfig
 from meerkat_core.config.train import CheckpointSettings, EvalSettings, TrainConfig, VPSettings
 
 __all__ = [
     "CheckpointSettings", "EvalConfig", "EvalSettings", "ExportConfig", "InspectConfig", "MaskConfig",
-    "PartitionConfig", "TrainConfig", "VPSettings",
+    "PartitionConfig", "ReportConfig", "TrainConfig", "VPSettings",
 ]
