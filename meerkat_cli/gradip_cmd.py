@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, new_app, out
@@ -34,11 +35,14 @@ def _table(rep: Any) -> Table:
     title = (f"GradIP, round {rep.round} of {rep.run} ({rep.algorithm}; classifier {rep.classifier['name']}, "
              f"decision: {rep.decision_source})")
     table = Table(title=title, title_justify="left")
-    cols = (("client", "right"), ("entropy", "right"), ("extreme", "center"), ("steps", "right"),
+    need = rep.min_calibration_steps
+    cols = (("client", "right"), ("entropy", "right"), ("extreme", "center"),
+            (f"steps (needs {need})" if need else "steps", "right"),
             ("|GradIP| init/later", "right"),
             (f"rho_later (>{_num(thr['rho_later'])})" if "rho_later" in thr else "rho_later", "right"),
             (f"rho_quie (>{_num(thr['rho_quie'])})" if "rho_quie" in thr else "rho_quie", "right"),
-            ("|GradIP| over steps", "left"), ("flagged", "center"), ("stopped", "center"))
+            (f"|GradIP| over round {rep.round}'s steps", "left"), ("flagged", "center"), ("stopped", "center"),
+            ("rounds", "right"), ("|GradIP| mean per round taken", "left"))
     for col, just in cols:
         table.add_column(col, justify=just, no_wrap=True)
     for r in rep.rows:
@@ -47,13 +51,15 @@ def _table(rep: Any) -> Table:
             str(r.client),
             _num(r.label_entropy_bits, "{:.3f}"),
             "-" if r.is_extreme is None else ("[red]yes[/]" if r.is_extreme else ""),
-            str(r.steps),
+            f"[yellow]{r.steps} (short)[/]" if r.steps < need else str(r.steps),
             f"{_num(s['mean_initial'])} / {_num(s['mean_later'])}",
             _vs(s["rho_later"], thr.get("rho_later")),
             _vs(s["rho_quie"], thr.get("rho_quie")),
             r.sparkline,
             "[bold red]FLAG[/]" if r.flagged else "",
             "-" if r.stopped is None else ("yes" if r.stopped else ""),
+            str(len(r.history.rounds)),
+            r.history.sparkline,
         )
     return table
 
@@ -74,7 +80,8 @@ def _footer(rep: Any) -> list[str]:
     if "initial_frac" in p:
         lines.append(f"phases: initial = first {p['initial_frac']:.0%} of steps, later = last {p['later_frac']:.0%}; "
                      f"quiet level sigma = {p['quiet_factor']} x initial mean")
-    lines.extend(f"note: {n}" for n in rep.notes)
+    warning = rep.warning()
+    lines.extend(f"[yellow]warning:[/] {escape(n)}" if n == warning else f"note: {escape(n)}" for n in rep.notes)
     return lines
 
 

@@ -2,8 +2,10 @@
 
 A classifier has a ``name``, ``statistics(trajectory) -> dict[str, float]`` and
 ``flag(stats) -> bool`` (True: the client looks *extreme Non-IID* and is stopped early). For the
-reports it also gives ``params()`` (everything that defines it) and ``thresholds()``: statistic name
--> the value it must exceed, so a report can print each statistic beside its threshold.
+reports it also gives ``params()`` (everything that defines it), ``thresholds()``: statistic name
+-> the value it must exceed, so a report can print each statistic beside its threshold, and
+``min_calibration_steps``: the trajectory length below which its decision is not to be trusted
+(``meerkat gradip inspect`` says so in its table and plot).
 
 Register a new one with ``@register_classifier("name")`` on a factory ``f(params) -> Classifier``
 (``params`` holds the ``vp_*`` settings of the run: ``initial_frac``, ``later_frac``,
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
 
 from meerkat_core.config.train import VPSettings
 from meerkat_core.errors import MeerkatInputError
@@ -31,11 +33,14 @@ DEFAULT_QUIET_FACTOR = _VP.quiet_factor
 DEFAULT_RHO_LATER = _VP.rho_later
 DEFAULT_RHO_QUIE = _VP.rho_quie
 DEFAULT_CLASSIFIER = _VP.classifier
+# The paper's T_cal; on SmolLM2 a calibration cut to 40-80 steps lost the detector (docs/GRADIP.md).
+RHO_MIN_CALIBRATION_STEPS = 100
 
 
 @runtime_checkable
 class Classifier(Protocol):
     name: str
+    min_calibration_steps: int
 
     def statistics(self, trajectory: Trajectory) -> dict[str, float]: ...
 
@@ -110,6 +115,7 @@ class RhoClassifier(DecayClassifier):
     rho_later_min: float = DEFAULT_RHO_LATER
     rho_quie_min: float = DEFAULT_RHO_QUIE
     name: str = "rho"
+    min_calibration_steps: ClassVar[int] = RHO_MIN_CALIBRATION_STEPS
 
     def flag(self, stats: Mapping[str, float]) -> bool:
         a, b = stats.get("rho_later", math.nan), stats.get("rho_quie", math.nan)
@@ -132,6 +138,7 @@ class NeverClassifier(DecayClassifier):
     reports the decay statistics."""
 
     name: str = "none"
+    min_calibration_steps: ClassVar[int] = 0
 
     def flag(self, stats: Mapping[str, float]) -> bool:
         return False

@@ -4,6 +4,11 @@ partition is still at hand, and, for a Meerkat-vp run, what the run decided (fro
 
 On a plain Meerkat run the first round's trajectories are classified with the run's (default)
 classifier settings: what Meerkat-vp would have decided.
+
+Beside the classified round, each shown client's history: its trajectory across every round it took
+part in (``ClientHistory``), so a plain run of a few local steps per round still shows a trend. When
+the classified round had fewer steps than the classifier needs (``min_calibration_steps``), the
+report says so (``short_calibration``, ``warning``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,30 @@ def sparkline(values: np.ndarray | list[float], width: int = 40) -> str:
 
 
 @dataclass
+class ClientHistory:
+    """One client's GradIP across every round it took part in (rounds in order, steps in order)."""
+
+    rounds: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # local steps per round taken
+    abs_gradip: list[float] = field(default_factory=list)  # the rounds' |GradIP| one after another
+    round_means: list[float] = field(default_factory=list)  # mean |GradIP| per round taken (nan steps left out)
+    sparkline: str = ""  # of round_means: one bar per round taken (bucket means past 32)
+
+
+def client_history(trajs: RunTrajectories, client: int) -> ClientHistory:
+    h = ClientHistory()
+    for t in (trajs.items[k] for k in sorted(trajs.items) if k[1] == client):
+        a = t.abs_gradip
+        finite = a[np.isfinite(a)]
+        h.rounds.append(t.round)
+        h.steps.append(t.steps)
+        h.abs_gradip.extend(float(v) for v in a)
+        h.round_means.append(float(finite.mean()) if finite.size else math.nan)
+    h.sparkline = sparkline(h.round_means, width=32)
+    return h
+
+
+@dataclass
 class ClientRow:
     client: int
     steps: int
@@ -57,6 +86,7 @@ class ClientRow:
     assigned_label: int | None = None
     abs_gradip: list[float] = field(default_factory=list)
     sparkline: str = ""
+    history: ClientHistory = field(default_factory=ClientHistory)
 
 
 @dataclass
@@ -70,6 +100,20 @@ class Report:
     rows: list[ClientRow]
     partition: str | None
     notes: list[str] = field(default_factory=list)
+    calibration_steps: int = 0  # the fewest steps a shown client ran in the classified round
+    min_calibration_steps: int = 0  # what the classifier needs (its ``min_calibration_steps``)
+
+    @property
+    def short_calibration(self) -> bool:
+        return self.calibration_steps < self.min_calibration_steps
+
+    def warning(self) -> str | None:
+        """One line when the classified round was shorter than the classifier needs, else None."""
+        if not self.short_calibration:
+            return None
+        return (f"round {self.round} had {self.calibration_steps} local steps per client, the "
+                f"{self.classifier['name']} classifier needs {self.min_calibration_steps} (docs/GRADIP.md): "
+                "its flags are not to be trusted")
 
     @property
     def flagged(self) -> list[int]:
@@ -113,6 +157,8 @@ class Report:
             "classifier": self.classifier, "decision_source": self.decision_source,
             "partition": self.partition, "flagged": self.flagged, "extreme": self.extreme,
             "stopped": sorted(r.client for r in self.rows if r.stopped) if self.algorithm == "meerkat-vp" else None,
+            "calibration_steps": self.calibration_steps, "min_calibration_steps": self.min_calibration_steps,
+            "short_calibration": self.short_calibration, "warning": self.warning(),
             "detector": self.detector(), "notes": self.notes,
             "clients": [asdict(r) for r in self.rows],
         }
@@ -190,12 +236,19 @@ def build_report(run_dir: str | Path, round_: int | None = None, client: int | N
             label_entropy_bits=info.label_entropy_bits if info is not None else None,
             assigned_label=info.assigned_label if info is not None else None,
             abs_gradip=[float(v) for v in t.abs_gradip], sparkline=sparkline(t.abs_gradip, width=32),
+            history=client_history(trajs, c),
         ))
     if use_ledger and any(clf.flag(row.stats) != row.flagged for row in rows):
         notes.append("the ledger's decision differs from a recomputation with the run's classifier settings")
-    return Report(
+    report = Report(
         run=str(run.path), round=r, rounds=rounds, algorithm=algorithm,
         classifier={"name": clf.name, "params": clf.params(), "thresholds": clf.thresholds()},
         decision_source="ledger" if use_ledger else "computed", rows=rows,
         partition=str(manifest.path) if manifest is not None else None, notes=notes,
+        calibration_steps=min((row.steps for row in rows), default=0),
+        min_calibration_steps=int(getattr(clf, "min_calibration_steps", 0)),
     )
+    warning = report.warning()
+    if warning:
+        notes.insert(0, warning)
+    return report
