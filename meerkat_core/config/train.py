@@ -106,7 +106,7 @@ class TrainConfig:
                                                "connection is insecure).")
     log: List[str] = setting(default_factory=list, choices=RUN_LOGS,
                              help="Also log the metrics as csv (RUN/metrics.csv) or tensorboard (RUN/tensorboard/; "
-                                  "pip install 'meerkat[tensorboard]'); repeatable.")
+                                  'pip install -c constraints.txt -e ".[tensorboard]"); repeatable.')
     resume: bool = setting(False, in_file=False, help="Continue the run in --out from its last complete round.")
     eval: EvalSettings = group(EvalSettings, help="evaluation during training")
     checkpoint: CheckpointSettings = group(CheckpointSettings, help="checkpoints")

@@ -6,7 +6,7 @@ goes (one CSV line, or one set of TensorBoard scalars, per row, flushed each rou
 - ``csv``: ``RUN/metrics.csv`` with the columns ``CSV_COLUMNS`` (``clients`` is the number of
   participants; ``cum_bytes_*`` add up the rounds so far; an empty cell: not measured that round).
 - ``tensorboard``: event files under ``RUN/tensorboard/`` (through ``tensorboardX``, the optional
-  extra ``meerkat[tensorboard]``): ``eval/accuracy``, ``eval/loss``, ``train/mean_loss``, ``train/lr``,
+  extra ``.[tensorboard]``): ``eval/accuracy``, ``eval/loss``, ``train/mean_loss``, ``train/lr``,
   ``comm/bytes_up``, ``comm/bytes_down``, ``comm/cum_bytes``, ``time/round_seconds``, step = round.
 
 Each job (a start or a ``--resume``) first writes the run's history again from ``metrics.jsonl``
@@ -124,8 +124,8 @@ class TensorBoardLog:
 
 def require_tensorboard() -> None:
     if importlib.util.find_spec("tensorboardX") is None:
-        raise MeerkatInputError("--log tensorboard needs the tensorboardX package: pip install 'meerkat[tensorboard]' "
-                                "(or use --log csv)")
+        raise MeerkatInputError('--log tensorboard needs the tensorboardX package: pip install -c constraints.txt -e '
+                                '".[tensorboard]" (or use --log csv)')
 
 
 class RunLogs:
