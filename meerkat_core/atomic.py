@@ -48,6 +48,20 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def append_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Append ``data`` to ``path`` (created if missing) with one ``write`` per chunk, then fsync: an
+    append-only file gains whole records, or, if the process dies mid-way, a torn tail its reader
+    drops."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 

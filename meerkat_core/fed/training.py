@@ -1,9 +1,11 @@
 """``run_training``: the whole ``meerkat train`` job over a run directory, resumable.
 
-Order of writes per round (the ledger block is the commit point):
-GradIP file (atomic) -> ledger block (append + fsync) -> metrics (atomic) -> checkpoint (atomic).
-``--resume`` keeps the committed ledger rounds, rebuilds the global state by re-applying them from
-the base model's values (bitwise what the run computed), trims the other files to match, and goes on.
+Order of writes per round (the ledger block is the commit point): GradIP rows (appended to the side
+file + fsync) -> ledger block (append + fsync) -> metrics row (append + fsync) -> checkpoint (atomic).
+Each round costs the files O(its own rows), not a rewrite of the history; when the job ends the GradIP
+rows are put into gradip.safetensors at once (``GradipLog.write``). ``--resume`` keeps the committed
+ledger rounds, rebuilds the global state by re-applying them from the base model's values (bitwise
+what the run computed), rewrites metrics and GradIP cut to match (once), and goes on.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from meerkat_core.fed.simulator import (
     write_checkpoint,
 )
 from meerkat_core.gradip.classify import make_classifier
+from meerkat_core.gradip.file import GRADIP_PENDING
 from meerkat_core.gradip.log import GradipLog
-from meerkat_core.rundir import CHECKPOINTS, RunDir, check_run_dir, run_dir_lock
+from meerkat_core.rundir import CHECKPOINTS, METRICS, RunDir, check_run_dir, run_dir_lock
 
 RoundCallback = Callable[[dict[str, Any]], None]
 # One round: (outcome, per-client (bytes_down, bytes_up) of the protocol encodings, extra metrics-row
@@ -59,7 +62,11 @@ def _restore(fed: Federation, run: RunDir) -> tuple[int, list[dict[str, Any]], G
         fed.server.restore_round(r, clients[r])
     fed.server.policy.restore(rounds)
     metrics = [m for m in run.read_metrics() if int(m.get("round", 0)) <= done]
+    if run.file(METRICS).exists():
+        run.write_metrics(metrics)  # rows of uncommitted rounds and a torn last line go, before rows are appended
     gradip = GradipLog.read_until(run.path, done)
+    if gradip.columns["round"] or (run.path / GRADIP_PENDING).exists():
+        gradip.write(run.path, fed.cfg.seed, fed.provenance["mask_sha256"])  # likewise for the GradIP side file
     for p in (run.path / CHECKPOINTS).glob("round-*.safetensors"):
         if int(p.stem.split("-")[1]) > done:
             p.unlink()
@@ -120,7 +127,7 @@ def _train_locked(
             rec["round"] = r
             records.append(rec)
             gradip.add_client_round(r, o)
-        gradip.write(run.path, cfg.seed, fed.provenance["mask_sha256"])
+        gradip.append(run.path, cfg.seed, fed.provenance["mask_sha256"])
         losses = [v for o in outcome.clients for v in o.losses if math.isfinite(v)]
         row: dict[str, Any] = {
             "round": r,
@@ -143,11 +150,12 @@ def _train_locked(
             row.update(eval_accuracy=ev["accuracy"], eval_loss=ev["loss"], eval_n=ev["n"],
                        eval_seconds=time.perf_counter() - t0)
         metrics.append(row)
-        run.write_metrics(metrics)
+        run.append_metrics(row)
         if _should_checkpoint(cfg, r):
             write_checkpoint(fed, run, r)
         if on_round:
             on_round(row)
+    gradip.write(run.path, cfg.seed, fed.provenance["mask_sha256"])  # the job's rows into gradip.safetensors
     summary = summarize(cfg, fed, metrics, run, time.perf_counter() - start)
     run.write_summary(summary)
     return summary

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from meerkat_core.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from meerkat_core.atomic import append_bytes, write_bytes_atomic, write_json_atomic, write_text_atomic
 from meerkat_core.config.settings import config_toml
 from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
@@ -109,12 +108,7 @@ class RunDir:
     def append_round(self, client_records: Iterable[dict[str, Any]], round_record: dict[str, Any]) -> None:
         block = "".join(_json_line({"type": "client", **r}) for r in client_records)
         block += _json_line({"type": "round", **round_record})
-        fd = os.open(self.file(LEDGER), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, block.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_bytes(self.file(LEDGER), block.encode())
 
     # -- metrics
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -130,7 +124,13 @@ class RunDir:
         return out
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """``metrics.jsonl`` replaced whole (a run's start, and once per ``--resume``: the committed rows)."""
         write_text_atomic(self.file(METRICS), "".join(_json_line(r) for r in rows))
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """One row appended to ``metrics.jsonl`` (each round: O(1), not a rewrite of the history). A kill
+        mid-write leaves a torn last line, which ``read_metrics`` drops and ``--resume`` rewrites away."""
+        append_bytes(self.file(METRICS), _json_line(row).encode())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.file(SUMMARY), _finite(summary))
