@@ -16,12 +16,12 @@ echo "== 2. partition: 10 clients, Dirichlet(0.5) label skew"
 [ -d "$OUT/partition" ] || meerkat partition --task $TASK --clients 10 --scheme dirichlet --alpha 0.5 --seed 0 \
   --out "$OUT/partition" --plot "$OUT/partition.png"
 
-echo "== 3. train: federated sparse ZO (seeds down, scalars up); two-way CE over the label words (--loss classification)"
+echo "== 3. train: federated sparse ZO (seeds down, scalars up); CE over the label words (the default --loss classification)"
 RESUME=""
 [ -f "$OUT/run/config.json" ] && RESUME="--resume"
 meerkat train --model $MODEL --mask "$OUT/mask.safetensors" --partition "$OUT/partition" --task $TASK \
   --rounds ${ROUNDS:-8} --local-steps 5 --clients-per-round 4 --batch-size 8 --lr ${LR:-1e-4} --eps 1e-3 \
-  --loss classification --eval-limit 200 --out "$OUT/run" $RESUME
+  --eval-limit 200 --out "$OUT/run" $RESUME
 
 echo "== 4. eval: the trained checkpoint on 200 test examples (zero-shot is in the run's metrics, round 0)"
 meerkat eval --model $MODEL --task $TASK --checkpoint "$OUT/run" --limit 200

@@ -14,7 +14,7 @@ import meerkat_core
 from meerkat_cli.common import new_app
 from meerkat_cli.eval_cmd import eval_command
 from meerkat_cli.gradip_cmd import gradip_app
-from meerkat_cli.info_cmds import models_command, tasks_command
+from meerkat_cli.info_cmds import models_command, tasks_app
 from meerkat_cli.mask_cmd import mask_app
 from meerkat_cli.partition_cmd import partition_command
 from meerkat_cli.report_cmd import report_command
@@ -64,7 +64,7 @@ app.add_typer(mask_app, name="mask")
 app.command("partition")(partition_command)
 app.command("eval")(eval_command)
 app.command("models")(models_command)
-app.command("tasks")(tasks_command)
+app.add_typer(tasks_app, name="tasks")
 app.command("train")(train_command)
 app.command("export")(export_command)
 app.command("report")(report_command)

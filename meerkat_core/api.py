@@ -23,6 +23,7 @@ function           configuration          writes / returns
 ``export``         ``ExportConfig``       an HF model directory ``cfg.out`` / ``Exported``
 ``inspect_gradip`` ``InspectConfig``      ``cfg.plot`` when set / ``Report``
 ``report``         ``ReportConfig``       ``cfg.plot`` when set / ``Comparison``
+``show_task``      ``TaskShowConfig``     nothing / the document ``meerkat tasks show --json`` prints
 =================  =====================  ==================================================
 
 Bad input of any kind raises ``meerkat_core.errors.MeerkatInputError`` (one line, naming the input and
@@ -40,12 +41,13 @@ from typing import Any, Callable
 from meerkat_core.compare import Comparison, compare_runs
 from meerkat_core.compare.plot import plot_comparison
 from meerkat_core.config import (
-    EvalConfig, ExportConfig, InspectConfig, MaskConfig, PartitionConfig, ReportConfig, TrainConfig,
+    EvalConfig, ExportConfig, InspectConfig, MaskConfig, PartitionConfig, ReportConfig, TaskShowConfig, TrainConfig,
 )
 from meerkat_core.encoding import encode_split
 from meerkat_core.engines import run_engine
 from meerkat_core.evaluation import EvalResult, evaluate_encoded
 from meerkat_core.fed.checkpoint import apply_checkpoint
+from meerkat_core.fed.eval_inputs import resolve_eval_inputs
 from meerkat_core.fed.export import export_run
 from meerkat_core.gradip.plot import plot_report
 from meerkat_core.gradip.report import Report, build_report
@@ -55,7 +57,8 @@ from meerkat_core.models import load_model
 from meerkat_core.partition.make import PartitionMade
 from meerkat_core.partition.make import make_partition as _make_partition
 from meerkat_core.rundir.logs import RunLogs
-from meerkat_core.tasks import get_task, load_task_data
+from meerkat_core.tasks import load_task_data
+from meerkat_core.tasks.show import describe_task
 
 ProgressFn = Callable[[int, "int | None", str], None]
 EventFn = Callable[[str], None]
@@ -63,7 +66,7 @@ RoundFn = Callable[[dict[str, Any]], None]
 
 __all__ = [
     "Comparison", "Evaluation", "Exported", "MaskMade", "PartitionMade", "Report", "TrainResult",
-    "evaluate", "export", "inspect_gradip", "make_mask", "make_partition", "report", "train",
+    "evaluate", "export", "inspect_gradip", "make_mask", "make_partition", "report", "show_task", "train",
 ]
 
 
@@ -132,21 +135,22 @@ class Evaluation:
 
 def evaluate(cfg: EvalConfig, progress: ProgressFn | None = None) -> Evaluation:
     """``meerkat eval``: accuracy, loss, per-class accuracy and confusion of ``cfg.model`` (with the
-    checkpoint ``cfg.checkpoint`` applied, when given) on ``cfg.task``'s ``cfg.split``."""
+    checkpoint ``cfg.checkpoint`` applied, when given) on ``cfg.task``'s ``cfg.split``. With a checkpoint,
+    the model and task left out are the run's; another task than the run's needs ``cfg.cross_task``."""
     cfg.validate()
-    spec = get_task(cfg.task)
+    model, spec = resolve_eval_inputs(cfg)
     data = load_task_data(spec)
     ds = data.split(cfg.split)
     if cfg.limit is not None:
         ds = ds.select(range(min(cfg.limit, len(ds))))
-    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    loaded = load_model(model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     checkpoint = apply_checkpoint(loaded, cfg.checkpoint) if cfg.checkpoint else None
     enc = encode_split(loaded.tokenizer, spec, ds, max_length=cfg.max_length)
     result = evaluate_encoded(
         loaded.model, enc, list(spec.label_names), loaded.tokenizer.pad_token_id,
         batch_size=cfg.batch_size, progress=progress, task=spec.name, split=cfg.split,
     )
-    return Evaluation(result=result, model=cfg.model, device=str(loaded.device),
+    return Evaluation(result=result, model=model, device=str(loaded.device),
                       dtype=str(loaded.dtype).replace("torch.", ""), checkpoint=checkpoint)
 
 
@@ -188,3 +192,9 @@ def report(cfg: ReportConfig) -> Comparison:
     if cfg.plot is not None:
         plot_comparison(cmp, cfg.plot)
     return cmp
+
+
+def show_task(cfg: TaskShowConfig) -> dict[str, Any]:
+    """``meerkat tasks show``: the prompts ``cfg.task`` builds for its first ``cfg.n`` rows, each label
+    word's tokens under ``cfg.model``'s tokenizer, the class counts per split (docs/TASKS.md)."""
+    return describe_task(cfg)

@@ -1,8 +1,10 @@
 """Turning task examples into token ids and left-padded batches.
 
-A prompt is ``task.prompt(text)`` tokenized; when it is longer than ``max_length`` its *first* tokens
+A prompt is ``task.render(row)`` tokenized; when it is longer than ``max_length`` its *first* tokens
 are dropped, so the template's cue ("It was") always stays next to the label word. Label words are
-tokenized without special tokens; most are a single token, which enables the one-forward fast path.
+tokenized on their own, without special tokens, and appended to the prompt's ids; when every word is
+a single token, scoring takes one forward over the prompts (the fast path), otherwise one forward over
+prompt + word rows (``candidate_batch``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.tasks.spec import TaskSpec
+from meerkat_core.tasks.spec import TaskSpec, render_prompts
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -76,7 +78,7 @@ def encode_label_words(tokenizer: Any, task: TaskSpec) -> LabelWords:
 
 
 def encode_split(tokenizer: Any, task: TaskSpec, ds: Any, max_length: int = DEFAULT_MAX_LENGTH) -> EncodedSet:
-    prompts_text = [task.prompt(t) for t in ds["text"]]
+    prompts_text = render_prompts(task, ds)
     enc = tokenizer(prompts_text, add_special_tokens=False)["input_ids"]
     prompts = [list(ids[-max_length:]) for ids in enc]
     return EncodedSet(prompts, [int(y) for y in ds["label"]], encode_label_words(tokenizer, task))
@@ -103,6 +105,14 @@ def collate(
         target_mask[i, n - len(tgt):] = 1
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     return Batch(input_ids, attention, position_ids, target_ids, target_mask)
+
+
+def candidate_batch(enc: EncodedSet, indices: Sequence[int], pad_id: int) -> Batch:
+    """Every (example, class) pair as one row, example-major: row ``b * C + c`` is prompt ``b`` followed by
+    class ``c``'s word, so one forward scores all candidates of a batch (multi-token label words)."""
+    words = enc.label_words.token_ids
+    prompts = [enc.prompts[i] for i in indices for _ in words]
+    return collate(prompts, [w for _ in indices for w in words], pad_id)
 
 
 def label_batch(enc: EncodedSet, indices: Sequence[int], pad_id: int) -> Batch:

@@ -3,6 +3,11 @@
 Logits are computed only at the positions that predict label tokens (``logits_to_keep``), which
 skips the vocabulary projection everywhere else, and they are cast to fp32 before the log-softmax
 whatever the model's dtype.
+
+A class's score is the *mean* log-likelihood of its label word's tokens given the prompt (MeZO's
+default, ``one_step_pred``: length-normalised, so a long word is not penalised for its length); for
+one-token words it is that token's log-probability. Evaluation takes the arg-max of the scores; the
+classification loss is the cross-entropy of the true class over them.
 """
 
 from __future__ import annotations
@@ -11,11 +16,11 @@ from typing import Any
 
 import torch
 
-from meerkat_core.encoding import Batch, EncodedSet, collate
+from meerkat_core.encoding import Batch, EncodedSet, candidate_batch, collate
 
 
-def target_logprobs(model: Any, batch: Batch) -> torch.Tensor:
-    """Sum over each row's target tokens of log p(token | prefix), in fp32, shape [B]."""
+def target_logprobs(model: Any, batch: Batch, mean: bool = False) -> torch.Tensor:
+    """Sum (``mean=True``: mean) over each row's target tokens of log p(token | prefix), in fp32, shape [B]."""
     n = batch.target_ids.shape[1]
     out = model(
         input_ids=batch.input_ids,
@@ -26,7 +31,13 @@ def target_logprobs(model: Any, batch: Batch) -> torch.Tensor:
     )
     logp = out.logits[:, -n:, :].float().log_softmax(dim=-1)
     tok = logp.gather(-1, batch.target_ids.unsqueeze(-1)).squeeze(-1)
-    return (tok * batch.target_mask).sum(dim=-1)
+    total = (tok * batch.target_mask).sum(dim=-1)
+    return total / batch.target_mask.sum(dim=-1) if mean else total
+
+
+def candidate_scores(model: Any, batch: Batch, num_classes: int) -> torch.Tensor:
+    """[B, C] mean token log-likelihood of each class's word, from one forward over a ``candidate_batch``."""
+    return target_logprobs(model, batch, mean=True).view(-1, num_classes)
 
 
 def last_logits(model: Any, batch: Batch) -> torch.Tensor:
@@ -59,13 +70,18 @@ def classification_loss(model: Any, batch: Batch, candidate_ids: list[int]) -> t
     return -(logp * true).sum(dim=-1).mean()
 
 
+def multi_token_classification_loss(model: Any, batch: Batch, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``classification_loss`` for label words of any length: mean cross-entropy of the true class over
+    the classes' ``candidate_scores`` (``batch`` from ``candidate_batch``; one forward of B x C rows)."""
+    logp = candidate_scores(model, batch, num_classes).log_softmax(dim=-1)
+    return -logp.gather(1, labels.view(-1, 1)).mean()
 
 
 def class_scores(model: Any, enc: EncodedSet, indices: list[int], pad_id: int) -> torch.Tensor:
     """Log-likelihood of every label word after each prompt, fp32 [B, C].
 
     Single-token label words: one forward over the prompts, read at the last position. Otherwise one
-    forward per class over prompt + that class's word.
+    forward over every prompt + word row (``candidate_batch``), each scored by its mean token log-likelihood.
     """
     words = enc.label_words
     prompts = [enc.prompts[i] for i in indices]
@@ -75,8 +91,5 @@ def class_scores(model: Any, enc: EncodedSet, indices: list[int], pad_id: int) -
         batch = collate(prompts, [(0,)] * len(prompts), pad_id).to(device)
         logp = last_logits(model, batch).log_softmax(dim=-1)
         return logp[:, torch.tensor(words.first_ids, device=device)]
-    cols = []
-    for word in words.token_ids:
-        batch = collate(prompts, [word] * len(prompts), pad_id).to(device)
-        cols.append(target_logprobs(model, batch))
-    return torch.stack(cols, dim=-1)
+    batch = candidate_batch(enc, indices, pad_id).to(device)
+    return candidate_scores(model, batch, len(words.token_ids))

@@ -77,3 +77,14 @@ def tiny_loaded():
     from meerkat_core.models import load_model
 
     return load_model("tiny-llama", device="cpu")
+
+
+def train_tiny(mask: Path, part: Path, task: str, out: Path, rounds: int = 1, **extra: str) -> dict:
+    """`meerkat train` on tiny-llama with a small budget (2 clients x 2 steps, batch 2); its JSON summary."""
+    import json
+
+    flags = [x for k, v in extra.items() for x in (f"--{k.replace('_', '-')}", v)]
+    return json.loads(run_cli(
+        "train", "--model", "tiny-llama", "--mask", str(mask), "--partition", str(part), "--task", task,
+        "--rounds", str(rounds), "--local-steps", "2", "--clients-per-round", "2", "--batch-size", "2", "--lr", "1e-2",
+        "--device", "cpu", "--out", str(out), *flags, "--json").stdout)

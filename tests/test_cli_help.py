@@ -34,7 +34,7 @@ def _help(args: tuple[str, ...]) -> str:
 
 def test_every_command_is_found() -> None:
     assert {("train",), ("mask", "stats"), ("gradip", "inspect"), ("export",), ("partition",),
-            ("site", "serve"), ("report",)} <= set(COMMANDS)
+            ("site", "serve"), ("report",), ("tasks",), ("tasks", "show")} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "meerkat")

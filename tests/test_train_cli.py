@@ -166,15 +166,18 @@ def test_checkpoint_of_another_mask_is_refused(finished_run: tuple[Path, dict], 
 
 def test_classification_loss_runs_and_is_recorded(tiny_mask: Path, tiny_partition: Path, tmp_path: Path,
                                                   finished_run: tuple[Path, dict]) -> None:
-    """--loss classification trains on the two-way CE (about ln 2 on the untrained tiny model, where the
-    vocabulary-wide CE is about ln 32000); an unknown --loss is refused before anything is written."""
-    out = tmp_path / "cls"
-    run_cli(*train_args(tiny_mask, tiny_partition, out, "--loss", "classification", rounds=1))
-    assert json.loads((out / "config.json").read_text())["train"]["loss"] == "classification"
-    losses = [x for r in map(json.loads, (out / "ledger.jsonl").read_text().splitlines()) for x in r.get("losses", [])]
-    assert losses and all(0.3 < x < 1.2 for x in losses), losses
-    lm = [x for r in map(json.loads, (finished_run[0] / "ledger.jsonl").read_text().splitlines()) for x in r.get("losses", [])]
-    assert min(lm) > 5.0
+    """The default loss is classification, the two-way CE (about ln 2 on the untrained tiny model, where the
+    vocabulary-wide CE of --loss lm is about ln 32000); an unknown --loss is refused before anything is written."""
+    def losses(run: Path) -> list[float]:
+        return [x for r in map(json.loads, (run / "ledger.jsonl").read_text().splitlines()) for x in r.get("losses", [])]
+
+    assert json.loads((finished_run[0] / "config.json").read_text())["train"]["loss"] == "classification"  # no --loss
+    cls = losses(finished_run[0])
+    assert cls and all(0.3 < x < 1.2 for x in cls), cls
+    out = tmp_path / "lm"
+    run_cli(*train_args(tiny_mask, tiny_partition, out, "--loss", "lm", rounds=1))
+    assert json.loads((out / "config.json").read_text())["train"]["loss"] == "lm"
+    assert min(losses(out)) > 5.0
     bad = run_cli(*train_args(tiny_mask, tiny_partition, tmp_path / "bad", "--loss", "hinge"), check=False)
     assert bad.returncode == 2 and "--loss hinge" in bad.stderr and not (tmp_path / "bad").exists()
 
@@ -190,3 +193,16 @@ def test_train_refuses_a_run_dir_in_use(finished_run: tuple[Path, dict], tiny_ma
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and f"in use by process {os.getpid()}" in res.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before and not (out / LOCK).exists()
+
+
+def test_eval_checkpoint_refuses_another_task_unless_cross_task(finished_run: tuple[Path, dict]) -> None:
+    out, _ = finished_run
+    proc = run_cli("eval", "--checkpoint", str(out), "--task", "sentiment3", "--limit", "4", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "trained on task 'sentiment2'" in lines[0] and "--cross-task" in lines[0]
+    same = json.loads(run_cli("eval", "--checkpoint", str(out), "--task", "sentiment2", "--limit", "4", "--json").stdout)
+    assert same["task"] == "sentiment2" and same["model"] == "tiny-llama"
+    cross = json.loads(run_cli("eval", "--checkpoint", str(out), "--task", "sentiment3", "--cross-task", "--limit", "6",
+                               "--json").stdout)
+    assert cross["task"] == "sentiment3" and cross["n"] == 6 and len(cross["confusion"]) == 3

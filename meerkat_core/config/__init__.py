@@ -7,9 +7,10 @@ from meerkat_core.config.gradip import InspectConfig
 from meerkat_core.config.mask import MaskConfig
 from meerkat_core.config.partition import PartitionConfig
 from meerkat_core.config.report import ReportConfig
+from meerkat_core.config.tasks import TaskShowConfig
 from meerkat_core.config.train import CheckpointSettings, EvalSettings, TrainConfig, VPSettings
 
 __all__ = [
     "CheckpointSettings", "EvalConfig", "EvalSettings", "ExportConfig", "InspectConfig", "MaskConfig",
-    "PartitionConfig", "ReportConfig", "TrainConfig", "VPSettings",
+    "PartitionConfig", "ReportConfig", "TaskShowConfig", "TrainConfig", "VPSettings",
 ]

@@ -13,11 +13,17 @@ from meerkat_core.errors import MeerkatInputError
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    """Accuracy of ``model`` (optionally with a run's checkpoint applied) on a task split."""
+    """Accuracy of ``model`` (optionally with a run's checkpoint applied) on a task split. ``model`` and
+    ``task`` left out are the checkpoint's run's (``meerkat_core.fed.eval_inputs``)."""
 
-    model: str = setting("smollm2-135m", short="-m", help="Built-in name, local HF directory, .gguf file or hub id.")
-    task: str = setting("sentiment2", short="-t", help="Built-in task (see `meerkat tasks`) or a task JSON file.")
+    model: Optional[str] = setting(None, short="-m",
+                                   help="Built-in name, local HF directory, .gguf file or hub id (default: the run's "
+                                        "with --checkpoint, else smollm2-135m).")
+    task: Optional[str] = setting(None, short="-t",
+                                  help="Built-in task (see `meerkat tasks`) or a task file (default: the run's with "
+                                       "--checkpoint, else sentiment2).")
     checkpoint: Optional[str] = setting(None, help="A run directory or checkpoint file to apply first.")
+    cross_task: bool = setting(False, help="With --checkpoint: allow a --task other than the run's.")
     split: str = setting("test", choices=SPLITS, help="The task split to score.")
     limit: Optional[int] = setting(None, help="Evaluate the first N examples only.")
     batch_size: int = setting(16, help="Examples per forward pass.")

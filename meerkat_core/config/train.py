@@ -79,9 +79,11 @@ class TrainConfig:
     eps: float = setting(1e-3, help="Perturbation scale.")
     batch_size: int = setting(8, help="Examples per ZO step.")
     schedule: str = setting("constant", choices=SCHEDULES, help="Learning-rate schedule over rounds.")
-    loss: str = setting("lm", choices=LOSSES,
-                        help="lm: cross-entropy of the label word over the vocabulary (METHOD.md); classification: "
-                             "over the task's label words only (MeZO's train_as_classification).")
+    loss: str = setting("classification", choices=LOSSES,
+                        help="classification: cross-entropy over the task's label-word scores (MeZO's "
+                             "train_as_classification; multi-token words scored by their mean token log-likelihood; "
+                             "learns at small budgets, docs/METHOD.md); lm: cross-entropy of the label word over the "
+                             "whole vocabulary.")
     seed: int = setting(0, help="Seed of client sampling and every perturbation.")
     device: str = setting("auto", help="auto, cpu or cuda[:N].")
     dtype: str = setting("auto", help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16.")

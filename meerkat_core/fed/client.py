@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from meerkat_core.encoding import EncodedSet, label_batch
+from meerkat_core.encoding import EncodedSet, candidate_batch, label_batch
 from meerkat_core.errors import MeerkatError
 from meerkat_core.fed.protocol import ClientReply, RoundInstruction
 from meerkat_core.fed.state import apply_history, state_crc
-from meerkat_core.scoring import classification_loss, label_loss
+from meerkat_core.scoring import classification_loss, label_loss, multi_token_classification_loss
 from meerkat_core.zo import SparseCoordinates, derive_key, zo_step
 
 
@@ -52,9 +52,17 @@ class ClientRuntime:
     coords: SparseCoordinates
     pad_id: int
     batch_size: int
-    loss: str = "lm"  # "lm": CE of the label word over the vocabulary; "classification": over the label words
+    loss: str = "classification"  # over the label words' scores; "lm": CE of the label word over the vocabulary
 
-    def loss_fn(self, data: EncodedSet, batch: Any) -> Any:
+    def loss_fn(self, data: EncodedSet, indices: list[int]) -> Any:
+        """The step's loss as a closure (called twice per ZO step, so its inputs are built once here)."""
+        device = self.coords.device
+        if self.loss == "classification" and not data.label_words.single_token:
+            cand = candidate_batch(data, indices, self.pad_id).to(device)
+            labels = torch.tensor([data.labels[i] for i in indices], device=device)
+            c = len(data.label_words.token_ids)
+            return lambda: multi_token_classification_loss(self.model, cand, labels, c)
+        batch = label_batch(data, indices, self.pad_id).to(device)
         if self.loss == "classification":
             return lambda: classification_loss(self.model, batch, data.label_words.first_ids)
         return lambda: label_loss(self.model, batch)
@@ -119,9 +127,8 @@ class ZOClient:
         n = self.num_examples
         for t in range(instr.steps):
             idx = batch_indices(instr.seed, self.client_id, n, instr.data_offset + t * rt.batch_size, rt.batch_size)
-            batch = label_batch(self.data, idx, rt.pad_id).to(rt.coords.device)
             key = derive_key(instr.seed, instr.round, self.client_id, t)
-            res = zo_step(rt.coords, rt.loss_fn(self.data, batch), key, instr.lr, instr.eps)
+            res = zo_step(rt.coords, rt.loss_fn(self.data, idx), key, instr.lr, instr.eps)
             gs.append(res.g)
             losses.append(0.5 * (res.loss_plus + res.loss_minus))
         reply = ClientReply(round=instr.round, client=self.client_id, gs=gs, losses=losses, state_crc=state_crc(x))

@@ -68,7 +68,7 @@ def build_server_federation(cfg: TrainConfig) -> Federation:
 
 
 def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
-    from meerkat_core.encoding import encode_label_words, encode_split
+    from meerkat_core.encoding import encode_split
     from meerkat_core.mask import load_mask
     from meerkat_core.models import load_model
     from meerkat_core.partition import load_partition, verify_partition
@@ -81,7 +81,7 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
         raise MeerkatInputError(f"--mask {cfg.mask}: no such file; make one with `meerkat mask` or pass --mask all")
     manifest = load_partition(cfg.partition)
     data = load_task_data(task)
-    verify_partition(manifest, dataset_fingerprint(data.train))
+    verify_partition(manifest, dataset_fingerprint(data.train), train_files_sha256(task), len(data.train))
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     mask = load_mask(cfg.mask, loaded.model) if cfg.mask != "all" else None
     indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
@@ -90,10 +90,6 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
     gbar = None
     if mask is not None:
         gbar = coords.concat({t.name: t.grad_mean for t in mask.nonempty()})
-    if cfg.loss == "classification" and not encode_label_words(loaded.tokenizer, task).single_token:
-        raise MeerkatInputError(
-            f"--loss classification: task '{task.name}' has multi-token label words; use --loss lm"
-        )
     train_enc = encode_split(loaded.tokenizer, task, data.train, max_length=cfg.max_length) if with_clients else None
     clients: dict[int, ZOClient] = {}
     sizes: dict[int, int] = {}
@@ -124,10 +120,21 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
         "d": coords.d,
         "partition_fingerprint": manifest.partition_fingerprint,
         "dataset_fingerprint": manifest.dataset_fingerprint,
+        "task_name": task.name,
+        "task_identity": task.identity(),
         "num_clients": len(sizes),
         "torch": torch.__version__,
     }
     return Federation(cfg, loaded, task, mask, manifest, clients, runtime, server, test_set, provenance)
+
+
+def train_files_sha256(task: Any) -> list[str] | None:
+    """sha256 of each local file a files task reads its train split from (for ``verify_partition``)."""
+    from meerkat_core.hashing import sha256_file
+
+    if task.data.kind != "files":
+        return None
+    return [sha256_file(p) for p in task.data.files[task.data.train_split]]
 
 
 def run_round(

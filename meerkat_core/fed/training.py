@@ -30,6 +30,7 @@ from meerkat_core.gradip.classify import make_classifier
 from meerkat_core.gradip.file import GRADIP_PENDING
 from meerkat_core.gradip.log import GradipLog
 from meerkat_core.rundir import CHECKPOINTS, METRICS, RunDir, check_run_dir, run_dir_lock
+from meerkat_core.tasks import get_task
 
 RoundCallback = Callable[[dict[str, Any]], None]
 # One round: (outcome, per-client (bytes_down, bytes_up) of the protocol encodings, extra metrics-row
@@ -38,9 +39,11 @@ RoundRunner = Callable[[Federation, int], tuple[RoundOutcome, dict[int, tuple[in
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg.validate()`` plus what needs the registries (the Meerkat-vp classifier's name)."""
+    """``cfg.validate()`` plus what needs the registries (the Meerkat-vp classifier's name) and the task
+    (a bad task file is refused before the run directory, and its lock, exists)."""
     cfg.validate()
     make_classifier(cfg.vp.classifier, cfg.vp.classifier_params())  # an unknown name is an input error
+    get_task(cfg.task)
     return cfg
 
 

@@ -195,6 +195,7 @@ class SiteCache:
         """The site's client for ``setup``: built on first use (the same encodings as the in-process engine)."""
         from meerkat_core.encoding import encode_split
         from meerkat_core.fed.client import ClientRuntime, ZOClient
+        from meerkat_core.fed.simulator import train_files_sha256
         from meerkat_core.partition import load_partition, verify_partition
         from meerkat_core.tasks import dataset_fingerprint, get_task
 
@@ -207,7 +208,7 @@ class SiteCache:
         data = self._task_data(task)
         check = (site.data_key()[0], task.name)
         if check not in self._verified:
-            verify_partition(manifest, dataset_fingerprint(data.train))
+            verify_partition(manifest, dataset_fingerprint(data.train), train_files_sha256(task), len(data.train))
             self._verified.add(check)
         idx = manifest.client_indices(site.partition_id)
         if not idx:

@@ -11,6 +11,11 @@ class BuiltinModel:
     description: str
     source: str
     parameters: int
+    family: str | None = None  # a tiny random model of this architecture family (models/tiny.py)
+
+
+DEFAULT_MODEL = "smollm2-135m"  # what a command uses when nothing names a model (eval without a run, tasks show)
+TINY_SOURCE = "built from a config in memory, seeded; tokenizer from the smollm2 cache"
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -25,8 +30,23 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         BuiltinModel(
             name="tiny-llama",
             description="randomly initialised 2-layer LLaMA with the SmolLM2 tokenizer (tests)",
-            source="built from a config in memory, seeded; tokenizer from the smollm2 cache",
-            parameters=0,  # filled in by builtin_model_info
+            source=TINY_SOURCE, parameters=0, family="llama",  # parameters: counted by builtin_model_info
+        ),
+        BuiltinModel(
+            name="tiny-llama32",
+            description="random 2-layer Llama-3.2-style model (tied embeddings, GQA, llama3 RoPE scaling; tests)",
+            source=TINY_SOURCE, parameters=0, family="llama32",
+        ),
+        BuiltinModel(
+            name="tiny-qwen2",
+            description="random 2-layer Qwen2-style model (q/k/v biases, tied embeddings; tests)",
+            source=TINY_SOURCE, parameters=0, family="qwen2",
+        ),
+        BuiltinModel(
+            name="tiny-gemma2",
+            description="random 2-layer Gemma-2-style model (sqrt(h) embedding scale, (1+w) norms, soft-capping, "
+                        "sliding window 8; tests)",
+            source=TINY_SOURCE, parameters=0, family="gemma2",
         ),
     )
 }
@@ -35,14 +55,13 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 def builtin_model_info() -> list[dict[str, object]]:
     """Name, description, parameter count and file location of each built-in model."""
     from meerkat_core.models.gguf_cache import cached_model_dir, package_dir, SMOLLM2_GGUF, SMOLLM2_PACKAGE
-    from meerkat_core.models.tiny import tiny_llama_config
+    from meerkat_core.models.tiny import count_parameters
 
     rows: list[dict[str, object]] = []
     for m in BUILTIN_MODELS.values():
         cache = cached_model_dir("smollm2-135m")
-        if m.name == "tiny-llama":
-            cfg = tiny_llama_config()
-            params = tiny_param_count(cfg)
+        if m.family is not None:
+            params = count_parameters(m.family)
             files = f"tokenizer: {cache}" if cache.exists() else "tokenizer: converted on first use"
         else:
             params = m.parameters
@@ -53,13 +72,3 @@ def builtin_model_info() -> list[dict[str, object]]:
             {"name": m.name, "description": m.description, "parameters": params, "source": m.source, "files": files}
         )
     return rows
-
-
-def tiny_param_count(cfg: object) -> int:
-    h = cfg.hidden_size  # type: ignore[attr-defined]
-    i = cfg.intermediate_size  # type: ignore[attr-defined]
-    v = cfg.vocab_size  # type: ignore[attr-defined]
-    n = cfg.num_hidden_layers  # type: ignore[attr-defined]
-    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)  # type: ignore[attr-defined]
-    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i + 2 * h
-    return v * h + n * per_layer + h

@@ -121,6 +121,32 @@ def _tokenizer_ready(tokenizer: Any) -> Any:
     return tokenizer
 
 
+def load_tokenizer(spec: str, trust_remote_code: bool = False) -> Any:
+    """Only the tokenizer of ``spec`` (built-in name, local directory, .gguf file or hub id), left-padded."""
+    from transformers import AutoTokenizer
+
+    from meerkat_core.models.builtin import BUILTIN_MODELS
+
+    try:
+        if spec in BUILTIN_MODELS:
+            from meerkat_core.models.gguf_cache import ensure_smollm2_dir
+
+            tok = AutoTokenizer.from_pretrained(str(ensure_smollm2_dir()))
+        elif _looks_like_path(spec):
+            path = Path(spec).expanduser()
+            if not path.exists():
+                raise MeerkatInputError(f"model '{spec}': no such file or directory")
+            tok = (AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name) if path.is_file()
+                   else AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code))
+        else:
+            tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    except MeerkatInputError:
+        raise
+    except Exception as exc:
+        raise MeerkatInputError(f"model '{spec}': cannot load its tokenizer ({_first_line(exc)})") from None
+    return _tokenizer_ready(tok)
+
+
 def load_model(
     spec: str,
     device: str = "auto",
@@ -141,13 +167,14 @@ def load_model(
         from meerkat_core.models.gguf_cache import ensure_smollm2_dir
 
         smol_dir = ensure_smollm2_dir()
-        if spec == "tiny-llama":
+        family = BUILTIN_MODELS[spec].family
+        if family is not None:
             from transformers import AutoTokenizer
 
-            from meerkat_core.models.tiny import build_tiny_llama
+            from meerkat_core.models.tiny import build_tiny
 
             tokenizer = AutoTokenizer.from_pretrained(str(smol_dir))
-            model = build_tiny_llama(vocab_size=len(tokenizer))
+            model = build_tiny(family, vocab_size=len(tokenizer), name=spec)
             source = "config (seeded random weights)"
         else:
             try:

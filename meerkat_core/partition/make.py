@@ -18,7 +18,8 @@ from meerkat_core.partition.core import PartitionResult, SchemeConfig, partition
 from meerkat_core.partition.fingerprint import dataset_fingerprint
 from meerkat_core.partition.manifest import MANIFEST_NAME, build_manifest, check_out_dir, write_partition
 from meerkat_core.partition.plot import render_heatmap_png, write_heatmap
-from meerkat_core.tasks import get_task, load_local_files, load_task_data
+from meerkat_core.tasks import TaskSpec, get_task, load_local_files, load_task_data
+from meerkat_core.tasks import dataset_fingerprint as task_fingerprint
 
 EventFn = Callable[[str], None]
 
@@ -67,8 +68,8 @@ def scheme_of(cfg: PartitionConfig) -> SchemeConfig:
     )
 
 
-def _load(cfg: PartitionConfig) -> tuple[Any, Any, dict[str, Any], list[str] | None, int | None]:
-    """(train Dataset, test Dataset or None, source record, label names, number of classes)."""
+def _load(cfg: PartitionConfig) -> tuple[TaskSpec | None, Any, Any, dict[str, Any], list[str] | None, int | None]:
+    """(task or None, train Dataset, test Dataset or None, source record, label names, number of classes)."""
     if cfg.task is not None:
         spec = get_task(cfg.task)
         data = load_task_data(spec)
@@ -77,12 +78,12 @@ def _load(cfg: PartitionConfig) -> tuple[Any, Any, dict[str, Any], list[str] | N
         if cfg.label_column == "label":
             names = list(getattr(spec, "label_names", None) or []) or None
             num = getattr(spec, "num_classes", None)
-        return data.train, getattr(data, "test", None), source, names, num
+        return spec, data.train, getattr(data, "test", None), source, names, num
     for p in cfg.data:
         if not Path(p).is_file():
             raise MeerkatInputError(f"--data {p} not found")
     source = {"kind": "files", "paths": list(cfg.data), "sha256": [sha256_file(p) for p in cfg.data]}
-    return load_local_files(list(cfg.data)), None, source, None, None
+    return None, load_local_files(list(cfg.data)), None, source, None, None
 
 
 def make_partition(cfg: PartitionConfig, on_event: EventFn | None = None) -> PartitionMade:
@@ -94,23 +95,26 @@ def make_partition(cfg: PartitionConfig, on_event: EventFn | None = None) -> Par
     out = Path(cfg.out)
     check_out_dir(out)
     say("loading data")
-    train, test, source, label_names, num_classes = _load(cfg)
-    for col, what in ((cfg.label_column, "--label-column"), (cfg.text_column, "--text-column")):
-        if col not in train.column_names:
-            raise MeerkatInputError(f"unknown {what} {col!r}; the data has columns {', '.join(train.column_names)}")
+    spec, train, test, source, label_names, num_classes = _load(cfg)
+    if spec is None:  # local files: the columns are the user's to name
+        text_column = cfg.text_column
+        for col, what in ((cfg.label_column, "--label-column"), (text_column, "--text-column")):
+            if col not in train.column_names:
+                raise MeerkatInputError(f"unknown {what} {col!r}; the data has columns {', '.join(train.column_names)}")
+    else:  # a task's split has one column per template field, and label
+        text_column = ",".join(spec.fields)
     say("partitioning")
     result = partition_dataset(train, cfg.label_column, scheme, cfg.seed, label_names=label_names,
                                num_classes=num_classes)
     say("fingerprinting")
-    fp = dataset_fingerprint(train, cfg.text_column, cfg.label_column)
+    # a task's fingerprint is the one `train` recomputes on the split it loads (every field's column)
+    fp = task_fingerprint(train) if spec is not None else dataset_fingerprint(train, text_column, cfg.label_column)
     test_split: dict[str, Any] | None = None
     if test is not None:
-        test_split = {"num_samples": len(test)}
-        if cfg.text_column in test.column_names and cfg.label_column in test.column_names:
-            test_split["dataset_fingerprint"] = dataset_fingerprint(test, cfg.text_column, cfg.label_column)
+        test_split = {"num_samples": len(test), "dataset_fingerprint": task_fingerprint(test)}
     elif source["kind"] == "files":
         test_split = {"num_samples": None, "note_files": "no test split given with --data"}
-    doc = build_manifest(result, dataset_fp=fp, source=source, text_column=cfg.text_column,
+    doc = build_manifest(result, dataset_fp=fp, source=source, text_column=text_column,
                          label_column=cfg.label_column, test_split=test_split)
     png = None
     if cfg.plot is not None:

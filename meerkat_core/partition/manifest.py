@@ -311,8 +311,18 @@ def load_partition(path: str | os.PathLike[str]) -> PartitionManifest:
         raise _bad(base, f"malformed manifest ({type(exc).__name__}: {exc})") from None
 
 
-def verify_partition(manifest: PartitionManifest, ds_fingerprint: str) -> None:
-    """Refuse a partition made from another dataset (``MeerkatInputError`` on a fingerprint mismatch)."""
+def verify_partition(
+    manifest: PartitionManifest, ds_fingerprint: str, files_sha256: list[str] | None = None, num_rows: int | None = None
+) -> None:
+    """Refuse a partition made from another dataset (``MeerkatInputError`` on a fingerprint mismatch).
+
+    ``files_sha256``: the sha256 of the local files the train split was read from, in order. A partition
+    made with ``meerkat partition --data`` from those very files (its ``source.sha256``; its fingerprint is
+    over the raw columns, so it differs from the task's) is accepted when it also indexes ``num_rows`` rows."""
+    src = manifest.source
+    if (files_sha256 is not None and src.get("kind") == "files" and list(src.get("sha256", [])) == files_sha256
+            and num_rows == manifest.num_samples):
+        return
     if manifest.dataset_fingerprint != ds_fingerprint:
         raise MeerkatInputError(
             f"partition {manifest.path} was made from another dataset (fingerprint "

@@ -1,13 +1,14 @@
 """Classification tasks posed as prompt + label word, and their data."""
 
-from meerkat_core.tasks.registry import BUILTIN_TASKS, DEFAULT_TASK, get_task, task_from_file
+from meerkat_core.tasks.registry import BUILTIN_TASKS, DEFAULT_TASK, PAPER_TASKS, get_task, task_from_file
 from meerkat_core.tasks.sources import TaskData, dataset_fingerprint, load_local_files, load_task_data
-from meerkat_core.tasks.spec import HubSource, TaskSpec
+from meerkat_core.tasks.spec import DataSource, TaskSpec
 
 __all__ = [
     "BUILTIN_TASKS",
     "DEFAULT_TASK",
-    "HubSource",
+    "DataSource",
+    "PAPER_TASKS",
     "TaskData",
     "TaskSpec",
     "dataset_fingerprint",
