@@ -17,6 +17,7 @@ from meerkat_cli.gradip_cmd import gradip_app
 from meerkat_cli.info_cmds import models_command, tasks_app
 from meerkat_cli.mask_cmd import mask_app
 from meerkat_cli.partition_cmd import partition_command
+from meerkat_cli.report_cmd import report_command
 from meerkat_cli.site_cmd import site_app
 from meerkat_cli.train_cmd import export_command, train_command
 
@@ -67,6 +68,7 @@ app.command("models")(models_command)
 app.add_typer(tasks_app, name="tasks")
 app.command("train")(train_command)
 app.command("export")(export_command)
+app.command("report")(report_command)
 app.add_typer(gradip_app, name="gradip")
 app.add_typer(site_app, name="site")
 

@@ -1,16 +1,19 @@
 """CLI conventions shared by every command, in one place.
 
 - Logs, warnings and progress bars go to stderr (``err``); tables and JSON go to stdout (``out``).
-- Every command that prints results takes ``--json`` and then prints exactly one JSON document.
+- Every command that prints results takes ``--json`` and then prints exactly one JSON document
+  (floats rounded for reading: ``display_floats``).
 - Bad input (``MeerkatInputError``, a file-system ``OSError``, a usage error) becomes
   ``error: <one line>`` on stderr and exit code 2, with no traceback; with ``--json`` stdout also gets
   ``{"error": "<the line>", "exit_code": 2}``.
 - JSON output is always valid JSON: NaN and infinities are written as null.
+- Progress (bars, the round view, plain lines off a terminal) lives in ``meerkat_cli.progress``.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -20,14 +23,6 @@ from rich import filesize
 from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.jsonsafe import dumps_safe
@@ -122,42 +117,25 @@ class OneLineErrors(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+# Significant digits of the floats ``--json`` prints: float32's precision (most of our numbers are fp32
+# values), so an fp32 accuracy 0.6349999904632568 reads 0.635 and a loss 0.6931471824645996 0.6931472.
+# The run directory's files keep every bit.
+JSON_DIGITS = 7
+
+
+def display_floats(obj: Any, digits: int = JSON_DIGITS) -> Any:
+    """A copy of ``obj`` for display: floats to ``digits`` significant digits, nan and inf as None."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: display_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [display_floats(v, digits) for v in obj]
+    return obj
+
+
 def emit_json(obj: Any) -> None:
-    """Print ``obj`` as valid JSON on stdout (plain, no rich markup; NaN/inf as null)."""
-    sys.stdout.write(dumps_safe(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Print ``obj`` as valid JSON on stdout (plain, no rich markup; floats as ``display_floats`` gives
+    them, NaN/inf as null)."""
+    sys.stdout.write(dumps_safe(display_floats(obj), indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
-
-
-def make_progress(transient: bool = True) -> Progress:
-    """A rich progress bar on stderr; off where stderr is not a terminal (it would print a blank line)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=transient,
-        disable=not err.is_terminal,
-    )
-
-
-class ProgressCallback:
-    """Adapter from meerkat_core's ``progress(done, total, description)`` callbacks to rich."""
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._tasks: dict[str, Any] = {}
-
-    def __call__(self, done: int, total: int | None, description: str = "working") -> None:
-        task = self._tasks.get(description)
-        if task is None:
-            task = self._progress.add_task(description, total=total)
-            self._tasks[description] = task
-        self._progress.update(task, completed=done, total=total)
-
-
-@contextmanager
-def progress_callback(transient: bool = True) -> Iterator[ProgressCallback]:
-    with make_progress(transient=transient) as progress:
-        yield ProgressCallback(progress)

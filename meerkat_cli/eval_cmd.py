@@ -6,7 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
-from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, out, progress_callback
+from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, out
+from meerkat_cli.progress import progress_callback
 from meerkat_cli.options import config_command
 from meerkat_core.config import EvalConfig
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, new_app, out
@@ -39,11 +40,13 @@ def _table(rep: Any) -> Table:
     title = (f"GradIP, round {rep.round} of {rep.run} ({rep.algorithm}; classifier {rep.classifier['name']}, "
              f"decision: {rep.decision_source}, {rep.outcome}{short})")
     table = Table(title=title, title_justify="left")
+    need = rep.min_calibration_steps
     stats = list(PAPER_STATS) + [k for k in thr if k not in PAPER_STATS]
-    cols = [("client", "right"), ("entropy", "right"), ("extreme", "center"), ("steps", "right"),
-            ("|GradIP| init/later", "right")]
+    cols = [("client", "right"), ("entropy", "right"), ("extreme", "center"),
+            (f"steps (needs {need})" if need else "steps", "right"), ("|GradIP| init/later", "right")]
     cols += [(f"{k} (>{_num(thr[k])})" if k in thr else k, "right") for k in stats]
-    cols += [("|GradIP| over steps", "left"), ("flagged", "center"), ("stopped", "center")]
+    cols += [(f"|GradIP| over round {rep.round}'s steps", "left"), ("flagged", "center"), ("stopped", "center"),
+             ("rounds", "right"), ("|GradIP| mean per round taken", "left")]
     for col, just in cols:
         table.add_column(col, justify=just, no_wrap=True)
     for r in rep.rows:
@@ -52,12 +55,14 @@ def _table(rep: Any) -> Table:
             str(r.client),
             _num(r.label_entropy_bits, "{:.3f}"),
             "-" if r.is_extreme is None else ("[red]yes[/]" if r.is_extreme else ""),
-            str(r.steps),
+            f"[yellow]{r.steps} (short)[/]" if r.steps < need else str(r.steps),
             f"{_num(s.get('mean_initial'))} / {_num(s.get('mean_later'))}",
             *(_vs(s.get(k, math.nan), thr.get(k)) for k in stats),
             r.sparkline,
             "[bold red]FLAG[/]" if r.flagged else "",
             "-" if r.stopped is None else ("yes" if r.stopped else ""),
+            str(len(r.history.rounds)),
+            r.history.sparkline,
         )
     return table
 
@@ -65,7 +70,7 @@ def _table(rep: Any) -> Table:
 def _footer(rep: Any) -> list[str]:
     lines = [f"decision: {rep.outcome}" + (f" ({rep.reason})" if rep.reason else "")]
     if rep.warning():
-        lines.append(f"[yellow]warning: {rep.warning()}[/]")
+        lines.append(f"[yellow]warning:[/] {escape(rep.warning() or '')}")
     det = rep.detector()
     if det is not None:
         verdict = "exactly the single-label clients" if det["exact"] else (
@@ -85,7 +90,7 @@ def _footer(rep: Any) -> list[str]:
         lines.append(f"population: {int(pop['clients'])} clients; the others' later level exp({pop['centre']:.3g}), "
                      f"scale {pop['scale']:.3g} (noise floor {pop['noise_floor']:.3g}) in log units; "
                      f"gap {pop['gap']:.3g} scales after the {int(pop['split'])} lowest")
-    lines.extend(f"note: {n}" for n in rep.notes if n != rep.warning())
+    lines.extend(f"note: {escape(n)}" for n in rep.notes if n != rep.warning())
     return lines
 
 

@@ -12,7 +12,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from meerkat_cli.common import JSON_PARAM, JsonOption, cli_errors, emit_json, err, new_app, out, progress_callback
+from meerkat_cli.common import JSON_PARAM, JsonOption, cli_errors, emit_json, err, new_app, out
+from meerkat_cli.progress import progress_callback
 from meerkat_cli.options import config_command
 from meerkat_core.config import MaskConfig
 

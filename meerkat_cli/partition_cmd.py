@@ -11,6 +11,7 @@ from rich.table import Table
 
 from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, out
 from meerkat_cli.options import config_command
+from meerkat_cli.progress import status_callback
 from meerkat_core.config import PartitionConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,8 +65,8 @@ def render_table(result: "PartitionResult", title: str) -> Table:
 def _partition(cfg: PartitionConfig, json_out: bool) -> None:
     from meerkat_core import api  # datasets and flwr-datasets: imported when a command runs, not for --help
 
-    with cli_errors(json_out), err.status("working") as status:
-        made = api.make_partition(cfg, on_event=status.update)
+    with cli_errors(json_out), status_callback() as status:
+        made = api.make_partition(cfg, on_event=status)
     err.print(f"wrote {made.manifest_path}" + (f" and {made.plot}" if made.plot is not None else ""), markup=False)
     if json_out:
         emit_json(made.to_json())

@@ -7,8 +7,9 @@ from typing import Any, Optional
 
 from rich.table import Table
 
-from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, fmt_bytes, make_progress, out
+from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, fmt_bytes, out
 from meerkat_cli.options import config_command
+from meerkat_cli.progress import RoundView
 from meerkat_core.config import ExportConfig, TrainConfig
 from meerkat_core.gradip.classify import classifier_names
 
@@ -47,21 +48,8 @@ def _event(message: str) -> None:
 def _train(cfg: TrainConfig, json_out: bool) -> None:
     from meerkat_core import api  # torch and transformers: imported when a command runs, not for --help
 
-    with cli_errors(json_out), make_progress(transient=True) as progress:
-        bar = progress.add_task("training", total=cfg.rounds)
-
-        def on_round(row: dict[str, Any]) -> None:
-            r = row["round"]
-            parts = [f"round {r}/{cfg.rounds}"]
-            if "mean_loss" in row:
-                parts.append(f"loss {row['mean_loss']:.4f}")
-            if "eval_accuracy" in row:
-                parts.append(f"acc {row['eval_accuracy']:.4f}")
-            if "bytes_up" in row:
-                parts.append(f"↑{fmt_bytes(row['bytes_up'])} ↓{fmt_bytes(row['bytes_down'])}")
-            progress.update(bar, completed=r, description=" | ".join(parts))
-
-        result = api.train(cfg, on_round=on_round, on_event=_event)
+    with cli_errors(json_out), RoundView(cfg.rounds) as view:
+        result = api.train(cfg, on_round=view, on_event=_event)
     if json_out:
         emit_json(result.summary)
     else:

@@ -22,6 +22,7 @@ function           configuration          writes / returns
 ``evaluate``       ``EvalConfig``         nothing / ``Evaluation``
 ``export``         ``ExportConfig``       an HF model directory ``cfg.out`` / ``Exported``
 ``inspect_gradip`` ``InspectConfig``      ``cfg.plot`` when set / ``Report``
+``report``         ``ReportConfig``       ``cfg.plot`` when set / ``Comparison``
 ``show_task``      ``TaskShowConfig``     nothing / the document ``meerkat tasks show --json`` prints
 =================  =====================  ==================================================
 
@@ -38,8 +39,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from meerkat_core.atomic import check_writable
+from meerkat_core.compare import Comparison, compare_runs
+from meerkat_core.compare.plot import plot_comparison
 from meerkat_core.config import (
-    EvalConfig, ExportConfig, InspectConfig, MaskConfig, PartitionConfig, TaskShowConfig, TrainConfig,
+    EvalConfig, ExportConfig, InspectConfig, MaskConfig, PartitionConfig, ReportConfig, TaskShowConfig, TrainConfig,
 )
 from meerkat_core.encoding import encode_split
 from meerkat_core.engines import run_engine
@@ -54,6 +57,7 @@ from meerkat_core.mask.make import make_mask as _make_mask
 from meerkat_core.models import load_model
 from meerkat_core.partition.make import PartitionMade
 from meerkat_core.partition.make import make_partition as _make_partition
+from meerkat_core.rundir.logs import RunLogs
 from meerkat_core.tasks import load_task_data
 from meerkat_core.tasks.show import describe_task
 
@@ -62,8 +66,8 @@ EventFn = Callable[[str], None]
 RoundFn = Callable[[dict[str, Any]], None]
 
 __all__ = [
-    "Evaluation", "Exported", "MaskMade", "PartitionMade", "Report", "TrainResult",
-    "evaluate", "export", "inspect_gradip", "make_mask", "make_partition", "show_task", "train",
+    "Comparison", "Evaluation", "Exported", "MaskMade", "PartitionMade", "Report", "TrainResult",
+    "evaluate", "export", "inspect_gradip", "make_mask", "make_partition", "report", "show_task", "train",
 ]
 
 
@@ -98,8 +102,17 @@ class TrainResult:
 
 def train(cfg: TrainConfig, on_round: RoundFn | None = None, on_event: EventFn | None = None) -> TrainResult:
     """``meerkat train``: federated sparse ZO fine-tuning into the run directory ``cfg.out`` (or, with
-    ``cfg.resume``, continue it), on ``cfg.engine``. The run directory's files are docs/RUN_FORMAT.md."""
-    summary = run_engine(cfg, on_round=on_round, on_event=on_event)
+    ``cfg.resume``, continue it), on ``cfg.engine``. The run directory's files are docs/RUN_FORMAT.md;
+    ``cfg.log`` adds ``RUN/metrics.csv`` and/or TensorBoard event files (``meerkat_core.rundir.logs``).
+
+    ``on_round(row)`` is called with each row as soon as it is in ``metrics.jsonl``: round 0 (the
+    starting point: ``eval_accuracy``, ``eval_loss``, ``eval_n``, ``eval_seconds``), then per round
+    ``round``, ``clients`` (ids), ``mean_loss``, ``lr``, ``steps``, ``skipped``, ``bytes_up``,
+    ``bytes_down``, ``seconds`` and, on evaluated rounds, the ``eval_*`` fields. A resumed run calls it
+    from the first round it runs. An exception raised by the hook stops the run (its committed rounds
+    stay; ``--resume`` continues it)."""
+    with RunLogs(cfg.log, cfg.out, then=on_round) as logs:  # a missing tensorboardX: refused before any work
+        summary = run_engine(cfg, on_round=logs, on_event=on_event)
     return TrainResult(run=Path(cfg.out), summary=summary)
 
 
@@ -171,6 +184,18 @@ def inspect_gradip(cfg: InspectConfig) -> Report:
     if cfg.plot is not None:
         plot_report(report, cfg.plot)
     return report
+
+
+def report(cfg: ReportConfig) -> Comparison:
+    """``meerkat report``: the runs ``cfg.runs`` side by side (task, model, mask, algorithm, T, rounds,
+    client steps, accuracy at the start, at the end and at best, bytes up and down, time) from their
+    directories, also while they train; writes the PNG ``cfg.plot`` (accuracy against rounds and
+    against cumulative bytes, one line per run)."""
+    cfg.validate()
+    cmp = compare_runs(cfg.runs)
+    if cfg.plot is not None:
+        plot_comparison(cmp, cfg.plot)
+    return cmp
 
 
 def show_task(cfg: TaskShowConfig) -> dict[str, Any]:

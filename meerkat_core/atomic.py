@@ -145,6 +145,24 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, what: str | No
         tmp.write_bytes(data)
 
 
+def append_bytes(path: str | os.PathLike[str], data: bytes, hint: str | None = None) -> None:
+    """Append ``data`` to ``path`` (created if missing) with one ``write`` per chunk, then fsync: an
+    append-only file gains whole records, or, if the process dies mid-way, a torn tail its reader
+    drops. A file-system error is one ``MeerkatInputError`` (``hint``: what the user can do next)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (a signal, a nearly full disk)
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        err = os_error(path, exc)
+        raise (MeerkatInputError(f"{err}; {hint}") if hint else err) from None
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str, what: str | None = None) -> None:
     write_bytes_atomic(path, text.encode("utf-8"), what)
 

@@ -34,7 +34,7 @@ def _help(args: tuple[str, ...]) -> str:
 
 def test_every_command_is_found() -> None:
     assert {("train",), ("mask", "stats"), ("gradip", "inspect"), ("export",), ("partition",),
-            ("site", "serve"), ("tasks",), ("tasks", "show")} <= set(COMMANDS)
+            ("site", "serve"), ("report",), ("tasks",), ("tasks", "show")} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "meerkat")
@@ -51,6 +51,9 @@ def test_bracketed_and_colon_texts_survive() -> None:
     assert "cuda[:N]" in mask
     train = " ".join(_help(("train",)).split())
     assert 'pip install -c constraints.txt -e ".[flower]"' in train and "--z-cache-mb" in train
+    assert 'pip install -c constraints.txt -e ".[tensorboard]"' in train and "--log" in train
+    report = " ".join(_help(("report",)).split())
+    assert "cumulative bytes [up + down], one line per run" in report and "RUN" in report and "--plot" in report
 
 
 def test_missing_flwr_error_shows_the_install_line(monkeypatch: pytest.MonkeyPatch, tiny_mask, tiny_partition,

@@ -154,3 +154,23 @@ def test_missing_or_corrupt_trajectories_exit_2_one_line(plain_run: Path, tmp_pa
 def test_inspect_not_a_run_directory(tmp_path: Path) -> None:
     proc = run_cli("gradip", "inspect", str(tmp_path / "nope"), check=False)
     assert proc.returncode == 2 and "no such directory" in proc.stderr
+
+
+def test_inspect_shows_each_client_across_its_rounds_and_a_short_calibration(plain_run: Path, tmp_path: Path) -> None:
+    doc = json.loads(run_cli("gradip", "inspect", str(plain_run), "--json").stdout)
+    r2 = {c["client"]: c for c in json.loads(run_cli("gradip", "inspect", str(plain_run), "--round", "2",
+                                                       "--json").stdout)["clients"]}
+    for c in doc["clients"]:
+        h = c["history"]
+        assert h["rounds"] == [1, 2] and h["steps"] == [3, 3]  # all 4 clients take part in both rounds
+        assert h["abs_gradip"] == pytest.approx(c["abs_gradip"] + r2[c["client"]]["abs_gradip"])
+        assert h["round_means"] == pytest.approx([sum(c["abs_gradip"]) / 3, sum(r2[c["client"]]["abs_gradip"]) / 3])
+        assert len(h["sparkline"]) == 2
+    assert doc["calibration_steps"] == 3 and doc["min_calibration_steps"] == 100 and doc["short_calibration"]
+    assert "3 local steps per client, the rho classifier needs 100" in doc["warning"] and doc["notes"][0] == doc["warning"]
+    table = run_cli("gradip", "inspect", str(plain_run), "--plot", str(tmp_path / "t.png"))
+    assert "steps (needs 100)" in table.stdout and "3 (short)" in table.stdout and "warning: round 1 had 3" in table.stdout
+    assert "mean per round taken" in table.stdout
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    none = json.loads(run_cli("gradip", "inspect", str(plain_run), "--classifier", "none", "--json").stdout)
+    assert none["min_calibration_steps"] == 0 and not none["short_calibration"] and none["warning"] is None

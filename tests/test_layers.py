@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("atomic", "errors", "faults", "hashing", "jsonsafe", "st_bytes", "paths", "config"),
     ("zo", "mask", "partition", "tasks", "models", "encoding", "scoring", "evaluation", "corpus"),
     ("gradip", "rundir"),
-    ("fed",),
+    ("fed", "compare"),
     ("engines", "flower"),
     ("api",),
     ("meerkat_cli",),

@@ -6,10 +6,11 @@ from meerkat_core.config.export import ExportConfig
 from meerkat_core.config.gradip import InspectConfig
 from meerkat_core.config.mask import MaskConfig
 from meerkat_core.config.partition import PartitionConfig
+from meerkat_core.config.report import ReportConfig
 from meerkat_core.config.tasks import TaskShowConfig
 from meerkat_core.config.train import CheckpointSettings, EvalSettings, TrainConfig, VPSettings
 
 __all__ = [
     "CheckpointSettings", "EvalConfig", "EvalSettings", "ExportConfig", "InspectConfig", "MaskConfig",
-    "PartitionConfig", "TaskShowConfig", "TrainConfig", "VPSettings",
+    "PartitionConfig", "ReportConfig", "TaskShowConfig", "TrainConfig", "VPSettings",
 ]

@@ -276,12 +276,14 @@ def from_flat(cls: type, flat: Mapping[str, Any], where: str = "config") -> Any:
 
 
 def check_choices(obj: Any) -> None:
-    """Every setting with a choice list holds one of its choices (else a one-line input error)."""
+    """Every setting with a choice list holds one of its choices, each item of a list setting one of them
+    (else a one-line input error)."""
     for info in describe(type(obj)):
         choices = info.choice_list()
         value = get(obj, info.path)
-        if choices and value not in choices:
-            raise MeerkatInputError(f"{info.flag} {value}: expected one of {', '.join(choices)}")
+        for v in value if isinstance(value, list) else [value]:
+            if choices and v not in choices:
+                raise MeerkatInputError(f"{info.flag} {v}: expected one of {', '.join(choices)}")
 
 
 def changed(a: Any, b: Any, ignore: Sequence[str] = ()) -> list[str]:

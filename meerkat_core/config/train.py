@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, List, Mapping, Optional
 
 from meerkat_core.config import settings
-from meerkat_core.config.choices import ALGORITHMS, ENGINES, LOSSES, SCHEDULES, SYNC_MODES, VP_CONTROLS
+from meerkat_core.config.choices import ALGORITHMS, ENGINES, LOSSES, RUN_LOGS, SCHEDULES, SYNC_MODES, VP_CONTROLS
 from meerkat_core.config.settings import group, setting
 from meerkat_core.errors import MeerkatInputError
 
@@ -21,7 +21,7 @@ from meerkat_core.errors import MeerkatInputError
 # them by content (sha256 / fingerprints in the run's provenance), not by path.
 RESUMABLE_CHANGES = (
     "out", "rounds", "resume", "device", "eval_every", "eval_limit", "checkpoint_every",
-    "z_cache_mb", "engine", "superlink", "superlink_ca", "mask", "partition",
+    "z_cache_mb", "engine", "superlink", "superlink_ca", "mask", "partition", "log",
 )
 
 
@@ -118,6 +118,9 @@ class TrainConfig:
     superlink_ca: Optional[str] = setting(None, in_file=False,
                                           help="--superlink: the CA certificate of its TLS (without it the "
                                                "connection is insecure).")
+    log: List[str] = setting(default_factory=list, choices=RUN_LOGS,
+                             help="Also log the metrics as csv (RUN/metrics.csv) or tensorboard (RUN/tensorboard/; "
+                                  'pip install -c constraints.txt -e ".[tensorboard]"); repeatable.')
     resume: bool = setting(False, in_file=False, help="Continue the run in --out from its last complete round.")
     eval: EvalSettings = group(EvalSettings, help="evaluation during training")
     checkpoint: CheckpointSettings = group(CheckpointSettings, help="checkpoints")

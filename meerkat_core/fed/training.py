@@ -1,18 +1,20 @@
 """``run_training``: the whole ``meerkat train`` job over a run directory, resumable.
 
-Order of writes per round (the ledger block is the commit point):
-GradIP file (atomic) -> ledger block (append + fsync) -> metrics (atomic) -> checkpoint (atomic).
-A round whose client steps were all skipped, or that leaves a non-finite state, stops the job with an
-input error before its ledger block (the run has diverged; the directory stays complete up to the
-round before).
+Order of writes per round (the ledger block is the commit point): GradIP rows (appended to the side
+file + fsync) -> ledger block (append + fsync) -> metrics row (append + fsync) -> checkpoint (atomic).
+Each round costs the files O(its own rows), not a rewrite of the history; when the job ends the GradIP
+rows are put into gradip.safetensors at once (``GradipLog.write``). A round whose client steps were all
+skipped, or that leaves a non-finite state, stops the job with an input error before its ledger block
+(the run has diverged; the directory stays complete up to the round before).
 
 ``--resume`` trusts the ledger alone. It redoes every committed round with the server's own
 ``complete_round`` from the base model's values, checking each against the ledger (the recorded
 ``state_crc``, who took part, step budgets, data pointers, Meerkat-vp's decisions): any mismatch is an
 input error naming the ledger line. The replay restores the server exactly (state, history, when
 each client last synced), rebuilds GradIP and metrics from it (evaluations a kill lost are redone at
-the round they belong to), verifies every checkpoint byte for byte and rewrites one that is missing
-or damaged, removes the temporaries a kill left, cuts a torn tail off the ledger, and goes on.
+the round they belong to) and writes them whole once, verifies every checkpoint byte for byte and
+rewrites one that is missing or damaged, removes the temporaries a kill left, cuts a torn tail off the
+ledger, and goes on.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from meerkat_core.fed.simulator import (
     write_checkpoint,
 )
 from meerkat_core.gradip.classify import classifier_from_settings
-from meerkat_core.gradip.file import GRADIP_FILE
+from meerkat_core.gradip.file import GRADIP_FILE, GRADIP_PENDING
 from meerkat_core.gradip.log import GradipLog
 from meerkat_core.rundir import (
     CHECKPOINT_NAME,
@@ -62,6 +64,7 @@ RoundRunner = Callable[[Federation, int], tuple[RoundOutcome, dict[int, tuple[in
 # metrics-row fields that come from the ledger (the rest: evaluations, and the round's wall time)
 LEDGER_ROW_FIELDS = ("round", "clients", "mean_loss", "lr", "steps", "skipped", "bytes_down", "bytes_up")
 EVAL_FIELDS = ("eval_accuracy", "eval_loss", "eval_n")
+EVAL_TIMING = ("eval_seconds",)  # carried over with EVAL_FIELDS on --resume; older runs lack it
 # the run's inputs, compared by content on --resume (paths may differ: another working directory)
 CONTENT_PROVENANCE = ("model_fingerprint", "mask_sha256", "partition_fingerprint", "dataset_fingerprint", "k", "d",
                       "num_clients")
@@ -85,11 +88,13 @@ def _should_checkpoint(cfg: TrainConfig, r: int) -> bool:
 
 
 def _evaluate(fed: Federation, r: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
     ev = evaluate_global(fed)
     if ev["n"] and not math.isfinite(ev["loss"]):
         raise MeerkatInputError(f"round {r}: the global model's evaluation loss is {ev['loss']} (its outputs are not "
                                 f"finite): the run has diverged; {_diverged_fix(fed.cfg, r)}")
-    return {"eval_accuracy": ev["accuracy"], "eval_loss": ev["loss"], "eval_n": ev["n"]}
+    return {"eval_accuracy": ev["accuracy"], "eval_loss": ev["loss"], "eval_n": ev["n"],
+            "eval_seconds": time.perf_counter() - t0}
 
 
 def _diverged_fix(cfg: TrainConfig, last_good: int) -> str:
@@ -240,7 +245,7 @@ def _restore(fed: Federation, run: RunDir) -> tuple[int, list[dict[str, Any]], G
         prev = old.get(r)
         if prev is not None and all(_same(prev.get(k), row[k]) for k in LEDGER_ROW_FIELDS):
             row["seconds"] = prev.get("seconds")
-            row.update({k: prev[k] for k in EVAL_FIELDS if k in prev})
+            row.update({k: prev[k] for k in EVAL_FIELDS + EVAL_TIMING if k in prev})
         if _should_eval(fed.cfg, r) and "eval_accuracy" not in row:
             row.update(_evaluate(fed, r))
         metrics.append(row)
@@ -250,7 +255,8 @@ def _restore(fed: Federation, run: RunDir) -> tuple[int, list[dict[str, Any]], G
     run.truncate_ledger(committed)
     if done or metrics:
         run.write_metrics(metrics)
-    if done or run.file(GRADIP_FILE).exists():  # GradIP of a round the ledger never committed goes too
+    # GradIP of a round the ledger never committed goes too (from the file and from the side file)
+    if done or run.file(GRADIP_FILE).exists() or run.file(GRADIP_PENDING).exists():
         gradip.write(run.path, fed.cfg.seed, fed.provenance["mask_sha256"])
     return done, metrics, gradip
 
@@ -329,7 +335,7 @@ def _train_locked(
             records.append(rec)
         for o in outcome.clients:
             gradip.add_client_round(r, o)
-        gradip.write(run.path, cfg.seed, fed.provenance["mask_sha256"])
+        gradip.append(run.path, cfg.seed, fed.provenance["mask_sha256"])
         commit_point(f"after:gradip:{r}")
         row = round_row(r, fed, outcome, wire, extra, time.perf_counter() - t0)
         decisions = fed.server.policy.on_round_complete(r, outcome)
@@ -339,13 +345,14 @@ def _train_locked(
         if _should_eval(cfg, r):
             row.update(_evaluate(fed, r))
         metrics.append(row)
-        run.write_metrics(metrics)
+        run.append_metrics(row)
         commit_point(f"after:metrics:{r}")
         if _should_checkpoint(cfg, r):
             write_checkpoint(fed, run, r)
             commit_point(f"after:checkpoint:{r}")
         if on_round:
             on_round(row)
+    gradip.write(run.path, cfg.seed, fed.provenance["mask_sha256"])  # the job's rows into gradip.safetensors
     summary = summarize(cfg, fed, metrics, run, time.perf_counter() - start)
     run.write_summary(summary)
     commit_point("after:summary")

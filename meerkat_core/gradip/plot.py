@@ -1,8 +1,11 @@
-"""PNG of GradIP trajectories: |GradIP| per step for each client, extreme and IID clients apart."""
+"""PNG of GradIP trajectories: the classified round step by step, and each client across every round it
+took part in; single-label (extreme) and other clients in two colours."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,22 +24,17 @@ def _smooth(a: np.ndarray, w: int) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
-def plot_report(report: Report, path: str | Path) -> Path:
-    """Write the trajectories of ``report`` (log |GradIP|, raw and smoothed) to ``path`` atomically."""
-    import matplotlib
+COLOURS = {True: "#d62728", False: "#1f77b4", None: "#7f7f7f"}  # single-label, other, partition unknown
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
-    colours = {True: "#d62728", False: "#1f77b4", None: "#7f7f7f"}
+def _round_panel(ax: Any, report: Report) -> None:
+    """The classified round: each client's |GradIP| per local step, raw and smoothed, phases shaded."""
     n_max = max((r.steps for r in report.rows), default=0)
     lo, hi = np.inf, 0.0
     for row in report.rows:
         a = np.asarray(row.abs_gradip, dtype=float)
         x = np.arange(a.size)
-        col = colours[row.is_extreme]
+        col = COLOURS[row.is_extreme]
         ax.plot(x, a, color=col, alpha=0.15, lw=0.8)
         sm = _smooth(a, max(1, a.size // 10))
         ls = "-" if not row.flagged else "--"
@@ -55,23 +53,73 @@ def plot_report(report: Report, path: str | Path) -> Path:
     ax.set_yscale("log")
     if hi > 0 and np.isfinite(lo):  # frame the moving averages; raw spikes may leave the frame
         ax.set_ylim(lo / 4, hi * 4)
-    ax.set_xlabel("local step")
+    ax.set_xlabel(f"local step of round {report.round}")
     ax.set_ylabel("|GradIP| (raw faint, moving average bold)")
-    ax.set_title(f"GradIP trajectories, round {report.round} ({report.algorithm}, classifier {report.classifier['name']}: "
+    ax.set_title(f"round {report.round}, classified ({report.algorithm}, classifier {report.classifier['name']}: "
                  f"{report.outcome})", fontsize=10)
     if report.short_calibration:
-        ax.text(0.5, 0.02, f"SHORT calibration: {report.calibration_steps} steps < the {report.min_calibration_steps} "
-                "the classifier needs; decision unreliable", transform=ax.transAxes, ha="center", va="bottom",
-                fontsize=9, color="#b35900", bbox={"facecolor": "#fff3e0", "edgecolor": "#b35900", "lw": 0.8})
+        ax.text(0.5, 0.02, f"SHORT: {report.calibration_steps} steps < the {report.min_calibration_steps} the "
+                "classifier needs;\nits flags are not to be trusted", transform=ax.transAxes, ha="center",
+                va="bottom", fontsize=9, color="#b35900",
+                bbox={"facecolor": "#fff3e0", "edgecolor": "#b35900", "lw": 0.8})
+
+
+def _history_panel(ax: Any, report: Report) -> None:
+    """Every round each client took part in: its steps spread over [r-1, r) (raw, faint) and the
+    round's mean |GradIP| at r - 1/2 (bold; broken over the rounds it sat out)."""
+    for row in report.rows:
+        h = row.history
+        col = COLOURS[row.is_extreme]
+        a = np.asarray(h.abs_gradip, dtype=float)
+        xs = np.concatenate([(r - 1) + (np.arange(n) + 0.5) / n for r, n in zip(h.rounds, h.steps)]) if h.rounds else a
+        ax.plot(xs, a, ".", color=col, alpha=0.2, ms=2.5)
+        mx, my = [], []
+        for i, (r, m) in enumerate(zip(h.rounds, h.round_means)):
+            if i and r != h.rounds[i - 1] + 1:
+                mx.append(np.nan)
+                my.append(np.nan)
+            mx.append(r - 0.5)
+            my.append(m)
+        ax.plot(mx, my, marker="o", color=col, lw=1.4, ms=3, ls="--" if row.flagged else "-")
+        if h.rounds:
+            ax.annotate(str(row.client), (mx[-1], my[-1]), fontsize=7, color=col, xytext=(3, 0),
+                        textcoords="offset points", va="center")
+    ax.axvspan(report.round - 1, report.round, color="#ffbf00", alpha=0.10, lw=0)
+    ax.set_yscale("log")
+    last = max(report.rounds)
+    ax.set_xlim(0, last)
+    every = max(1, math.ceil(last / 20))
+    ax.set_xticks([r - 0.5 for r in range(1, last + 1, every)], [str(r) for r in range(1, last + 1, every)])
+    ax.set_xlabel("round (its local steps spread across it; shaded: the classified round)")
+    ax.set_ylabel("|GradIP| (steps faint, round mean bold)")
+    ax.set_title("each client across every round it took part in", fontsize=10)
+
+
+def plot_report(report: Report, path: str | Path) -> Path:
+    """Write ``report`` to ``path`` atomically: the classified round's trajectories (log |GradIP|, raw and
+    smoothed), and, when the run has more than one round, each client's history across its rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    wide = len(report.rounds) > 1
+    fig, axes = plt.subplots(1, 2 if wide else 1, figsize=(15 if wide else 9, 5), dpi=110, squeeze=False)
+    _round_panel(axes[0][0], report)
+    if wide:
+        _history_panel(axes[0][1], report)
     handles = [
-        Line2D([], [], color=colours[True], label="single-label (extreme) client"),
-        Line2D([], [], color=colours[False], label="IID / other client"),
+        Line2D([], [], color=COLOURS[True], label="single-label (extreme) client"),
+        Line2D([], [], color=COLOURS[False], label="IID / other client"),
         Line2D([], [], color="black", ls="--", label="flagged by the classifier"),
     ]
     if any(r.is_extreme is None for r in report.rows):
-        handles.append(Line2D([], [], color=colours[None], label="partition unknown"))
-    ax.legend(handles=handles, fontsize=8, loc="best")
-    ax.grid(alpha=0.3, which="both", lw=0.4)
+        handles.append(Line2D([], [], color=COLOURS[None], label="partition unknown"))
+    axes[0][0].legend(handles=handles, fontsize=8, loc="best")
+    for ax in axes[0]:
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    fig.suptitle(f"GradIP trajectories of {Path(report.run).name}", fontsize=11)
     fig.tight_layout()
     target = Path(path)
     with atomic_path(target, what="--plot") as tmp:

@@ -5,6 +5,11 @@ partition is still at hand, and, for a Meerkat-vp run, what the run decided (fro
 On a plain Meerkat run the first round's trajectories are classified with the run's (default)
 classifier settings: what Meerkat-vp would have decided. The classifier sees the whole round even when
 one client is shown (the default classifier decides relative to the round's population).
+
+Beside the classified round, each shown client's history: its trajectory across every round it took
+part in (``ClientHistory``), so a plain run of a few local steps per round still shows a trend. When
+the classified round had fewer steps than the classifier needs (``min_calibration_steps``), the
+report says so (``short_calibration``, ``warning``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,30 @@ def sparkline(values: np.ndarray | list[float], width: int = 40) -> str:
 
 
 @dataclass
+class ClientHistory:
+    """One client's GradIP across every round it took part in (rounds in order, steps in order)."""
+
+    rounds: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # local steps per round taken
+    abs_gradip: list[float] = field(default_factory=list)  # the rounds' |GradIP| one after another
+    round_means: list[float] = field(default_factory=list)  # mean |GradIP| per round taken (nan steps left out)
+    sparkline: str = ""  # of round_means: one bar per round taken (bucket means past 32)
+
+
+def client_history(trajs: RunTrajectories, client: int) -> ClientHistory:
+    h = ClientHistory()
+    for t in (trajs.items[k] for k in sorted(trajs.items) if k[1] == client):
+        a = t.abs_gradip
+        finite = a[np.isfinite(a)]
+        h.rounds.append(t.round)
+        h.steps.append(t.steps)
+        h.abs_gradip.extend(float(v) for v in a)
+        h.round_means.append(float(finite.mean()) if finite.size else math.nan)
+    h.sparkline = sparkline(h.round_means, width=32)
+    return h
+
+
+@dataclass
 class ClientRow:
     client: int
     steps: int
@@ -58,6 +87,7 @@ class ClientRow:
     assigned_label: int | None = None
     abs_gradip: list[float] = field(default_factory=list)
     sparkline: str = ""
+    history: ClientHistory = field(default_factory=ClientHistory)
 
 
 @dataclass
@@ -219,6 +249,7 @@ def build_report(run_dir: str | Path, round_: int | None = None, client: int | N
             label_entropy_bits=info.label_entropy_bits if info is not None else None,
             assigned_label=info.assigned_label if info is not None else None,
             abs_gradip=[float(v) for v in t.abs_gradip], sparkline=sparkline(t.abs_gradip, width=32),
+            history=client_history(trajs, c),
         ))
     report = Report(
         run=str(run.path), round=r, rounds=rounds, algorithm=algorithm,

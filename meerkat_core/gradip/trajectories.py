@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.gradip.file import GRADIP_FILE, bad_file, read_columns
+from meerkat_core.gradip.file import GRADIP_FILE, bad_file, read_run_columns
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,13 @@ def load_trajectories(run_dir: str | Path) -> RunTrajectories:
     path = run / GRADIP_FILE
     if not run.is_dir():
         raise MeerkatInputError(f"run {run}: no such directory")
-    if not path.is_file():
+    found = read_run_columns(run)  # a job still training (or killed) has rows in the side file too
+    if found is None:
         raise MeerkatInputError(
             f"run {run} has no GradIP trajectories ({GRADIP_FILE} missing); it was written by `meerkat train` "
             "after the first round"
         )
-    cols = read_columns(path)
+    cols = found
     order = np.lexsort((cols["step"], cols["client"], cols["round"]))
     cols = {k: v[order] for k, v in cols.items()}
     items: dict[tuple[int, int], Trajectory] = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from meerkat_core.atomic import os_error, remove_temporaries, write_bytes_atomic, write_json_atomic, write_text_atomic
+from meerkat_core.atomic import append_bytes, os_error, remove_temporaries, write_bytes_atomic, write_json_atomic, write_text_atomic
 from meerkat_core.config.settings import config_toml
 from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
@@ -28,6 +28,7 @@ CONFIG_TOML = "config.toml"  # the resolved TrainConfig: `meerkat train --config
 LEDGER = "ledger.jsonl"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+RESUME_HINT = "the run is complete up to the round before, continue it with --resume"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_NAME = re.compile(r"^round-(\d{4,})\.safetensors$")
 RUN_FORMAT = "meerkat.run"
@@ -178,21 +179,7 @@ class RunDir:
     def append_round(self, client_records: Iterable[dict[str, Any]], round_record: dict[str, Any]) -> None:
         block = "".join(_json_line({"type": "client", **r}) for r in client_records)
         block += _json_line({"type": "round", **round_record})
-        data = block.encode()
-        path = self.file(LEDGER)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                view = memoryview(data)
-                while view:  # os.write may write less than asked (a signal, a nearly full disk)
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise MeerkatInputError(
-                f"{os_error(path, exc)}; the run is complete up to the round before, continue it with --resume"
-            ) from None
+        append_bytes(self.file(LEDGER), block.encode(), RESUME_HINT)
 
     # -- orphans
     def remove_temporaries(self, also: Iterable[str] = ()) -> list[Path]:
@@ -220,7 +207,13 @@ class RunDir:
         return out
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """``metrics.jsonl`` replaced whole (a run's start, and once per ``--resume``: the committed rows)."""
         write_text_atomic(self.file(METRICS), "".join(_json_line(r) for r in rows))
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """One row appended to ``metrics.jsonl`` (each round: O(1), not a rewrite of the history). A kill
+        mid-write leaves a torn last line, which ``read_metrics`` drops and ``--resume`` rewrites away."""
+        append_bytes(self.file(METRICS), _json_line(row).encode(), RESUME_HINT)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.file(SUMMARY), summary)  # NaN/inf become null (write_json_atomic)
