@@ -4,7 +4,8 @@ The keys are derived from the dataclass fields, never written by hand: a field `
 ``local-steps`` (the CLI option's name without ``--``); a field that is itself a dataclass (a nested group
 such as ``vp``) contributes its fields under a dotted prefix (``vp.calibration-steps``), which is how Flower
 flattens a nested TOML table. Values are TOML scalars (str, int, float, bool); an optional field takes the
-string ``"none"`` for ``None``, and a field without a default is written as ``""`` (required: the ServerApp
+string ``"none"`` for ``None``, a list of strings (``--log csv --log tensorboard``) is one comma-separated
+string (``"csv,tensorboard"``), and a field without a default is written as ``""`` (required: the ServerApp
 refuses to start until it is set with ``--run-config``).
 
 flwr-free on purpose: the CLI, the tests and the app's ``pyproject.toml`` generator use it without Flower.
@@ -32,7 +33,7 @@ class RunConfigKey:
 
     key: str  # e.g. "local-steps" or "vp.calibration-steps"
     path: tuple[str, ...]  # field names from the top dataclass down, e.g. ("vp", "calibration_steps")
-    kind: type  # str, int, float or bool
+    kind: type  # str, int, float, bool, or list (of str: comma-separated in the run config)
     optional: bool  # None allowed
     default: Any  # MISSING when the field has no default
 
@@ -43,13 +44,17 @@ class RunConfigKey:
     def toml_default(self) -> Scalar:
         if self.required:
             return REQUIRED
-        return NONE if self.default is None else self.default
+        if self.default is None:
+            return NONE
+        return ",".join(self.default) if self.kind is list else self.default
 
     def parse(self, value: Scalar) -> Any:
         """The field's value from a run-config value (TOML scalar), or an input error naming the key."""
         if self.optional and isinstance(value, str) and value.strip().lower() == NONE:
             return None
         kind = self.kind
+        if kind is list and isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         ok = (
             (kind is bool and isinstance(value, bool))
             or (kind is int and isinstance(value, int) and not isinstance(value, bool))
@@ -72,7 +77,10 @@ def _leaf_type(hint: Any, where: str) -> tuple[type, bool]:
             return kind, True
     if hint in (str, int, float, bool):
         return hint, False
-    raise TypeError(f"{where}: annotation {hint!r} has no run-config form (str, int, float, bool, optional)")
+    if origin is list and typing.get_args(hint) == (str,):
+        return list, False
+    raise TypeError(f"{where}: annotation {hint!r} has no run-config form (str, int, float, bool, list of str, "
+                    "optional)")
 
 
 def config_keys(cls: type, prefix: str = "", path: tuple[str, ...] = ()) -> list[RunConfigKey]:
@@ -152,7 +160,7 @@ def to_run_config(obj: Any, prefix: str = "") -> dict[str, Scalar]:
         value = obj
         for name in k.path:
             value = getattr(value, name)
-        out[k.key] = NONE if value is None else value
+        out[k.key] = NONE if value is None else (",".join(value) if k.kind is list else value)
     return out
 
 
