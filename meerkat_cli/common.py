@@ -139,3 +139,15 @@ def emit_json(obj: Any) -> None:
     them, NaN/inf as null)."""
     sys.stdout.write(dumps_safe(display_floats(obj), indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+def print_table(table: Any) -> None:
+    """Print a rich table on stdout at its natural width, also when stdout is piped (rich would squeeze
+    it into 80 columns there)."""
+    width = out.width
+    if not out.is_terminal:
+        out.width = max(width, out.measure(table, options=out.options.update_width(400)).maximum)
+    try:
+        out.print(table)
+    finally:
+        out.width = width

@@ -9,7 +9,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, new_app, out
+from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, new_app, out, print_table
 from meerkat_cli.options import config_command
 from meerkat_core.config import InspectConfig
 
@@ -104,14 +104,7 @@ def _inspect(cfg: InspectConfig, json_out: bool) -> None:
     if json_out:
         emit_json(rep.to_json())
         return
-    table = _table(rep)
-    width = out.width
-    if not out.is_terminal:  # piped: rich would squeeze the table into 80 columns
-        out.width = max(width, out.measure(table, options=out.options.update_width(400)).maximum)
-    try:
-        out.print(table)
-    finally:
-        out.width = width
+    print_table(_table(rep))
     for line in _footer(rep):
         out.print(line)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, fmt_bytes, out
+from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, fmt_bytes, out, print_table
 from meerkat_cli.options import config_command
 from meerkat_core.config import ReportConfig
 
@@ -40,21 +40,14 @@ def render_table(cmp: Any) -> Table:
 def _report(cfg: ReportConfig, json_out: bool) -> None:
     from meerkat_core import api  # matplotlib: imported when the command runs, not for --help
 
-    with cli_errors():
+    with cli_errors(json_out):
         cmp = api.report(cfg)
     if cfg.plot is not None:
         err.print(f"wrote {cfg.plot}", markup=False)
     if json_out:
         emit_json(cmp.to_json())
         return
-    table = render_table(cmp)
-    width = out.width
-    if not out.is_terminal:  # piped: rich would squeeze the table into 80 columns
-        out.width = max(width, out.measure(table, options=out.options.update_width(400)).maximum)
-    try:
-        out.print(table)
-    finally:
-        out.width = width
+    print_table(render_table(cmp))
     for note in cmp.notes:
         out.print(f"note: {note}", markup=False)
 

@@ -33,6 +33,14 @@ DEFAULT_CLASSIFIER = VPSettings().classifier  # declared once, in `meerkat train
 OUTCOMES = ("flagged", "none", "abstained")
 
 
+def short_calibration_warning(steps: int, needed: int, classifier: str) -> str | None:
+    """The one wording of a calibration shorter than its classifier needs (None when it is not)."""
+    if steps >= needed:
+        return None
+    return (f"calibration of {steps} steps is shorter than the {needed} the {classifier} classifier needs "
+            "(docs/GRADIP.md): its decision is unreliable")
+
+
 @dataclass(frozen=True)
 class Decision:
     """What a classifier decided on one round."""
@@ -55,10 +63,7 @@ class Decision:
 
     def warning(self) -> str | None:
         """One line when the calibration was shorter than the classifier needs, else None."""
-        if not self.short_calibration:
-            return None
-        return (f"calibration of {self.calibration_steps} steps is shorter than the {self.min_calibration_steps} "
-                f"the {self.classifier} classifier needs (docs/GRADIP.md): its decision is unreliable")
+        return short_calibration_warning(self.calibration_steps, self.min_calibration_steps, self.classifier)
 
     def to_json(self) -> dict[str, Any]:
         def fin(v: float) -> float | None:

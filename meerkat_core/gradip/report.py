@@ -23,7 +23,7 @@ import numpy as np
 
 from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.gradip.classify import Classifier, Decision, classifier_from_settings
+from meerkat_core.gradip.classify import Classifier, Decision, classifier_from_settings, short_calibration_warning
 from meerkat_core.gradip.trajectories import RunTrajectories, Trajectory, load_trajectories
 from meerkat_core.partition import load_partition
 from meerkat_core.rundir import RunDir
@@ -112,10 +112,8 @@ class Report:
         return self.calibration_steps < self.min_calibration_steps
 
     def warning(self) -> str | None:
-        if not self.short_calibration:
-            return None
-        return (f"short calibration: {self.calibration_steps} steps, the {self.classifier['name']} classifier needs "
-                f"{self.min_calibration_steps} (docs/GRADIP.md); its decision is unreliable")
+        w = short_calibration_warning(self.calibration_steps, self.min_calibration_steps, self.classifier["name"])
+        return None if w is None else f"short calibration: {w}"
 
     @property
     def flagged(self) -> list[int]:
