@@ -91,16 +91,15 @@ def _load(args: argparse.Namespace, dtype: str, carriers: bool | None = None) ->
     return loaded, coords
 
 
-def _batches(args: argparse.Namespace, loaded: Any) -> tuple[Any, list[Any]]:
-    from meerkat_core.encoding import encode_split, label_batch
+def _batches(args: argparse.Namespace, loaded: Any) -> tuple[Any, list[list[int]]]:
+    """The task's encoded train split and ``args.batches`` seeded batches of its row indices."""
+    from meerkat_core.encoding import encode_split
     from meerkat_core.tasks import get_task, load_task_data
 
     task = get_task(args.task)
     enc = encode_split(loaded.tokenizer, task, load_task_data(task).train)
     rnd = random.Random(0)
-    out = [label_batch(enc, rnd.sample(range(len(enc)), args.batch_size), loaded.tokenizer.pad_token_id)
-           for _ in range(args.batches)]
-    return enc, [b.to(loaded.device) for b in out]
+    return enc, [rnd.sample(range(len(enc)), args.batch_size) for _ in range(args.batches)]
 
 
 def _loss_fn(args: argparse.Namespace, loaded: Any, coords: Any, enc: Any, batch: Any) -> Any:
@@ -195,7 +194,7 @@ def section_timing(args: argparse.Namespace) -> dict[str, Any]:
             loaded, coords = _load(args, dtype, carriers=None if mode == "carriers" else False)
             enc, batches = _batches(args, loaded)
             setups[name] = (loaded, coords, _loss_fn(args, loaded, coords, enc, batches[0]))
-            shape = list(batches[0].input_ids.shape)
+            shape = [len(batches[0]), max(len(enc.prompts[i]) for i in batches[0])]
     times: dict[str, dict[str, list[float]]] = {d: {"fwd2": [], "step": [], "fwd2_cpu": [], "step_cpu": []} for d in setups}
     step_no = [0]
 

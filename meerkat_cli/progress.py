@@ -106,9 +106,10 @@ def progress_callback(transient: bool = True) -> Iterator[Callable[[int, "int | 
 
 @contextmanager
 def status_callback(first: str = "working") -> Iterator[Callable[[str], None]]:
-    """An ``on_event(message)`` callback: a rich spinner on a terminal, a plain line per message otherwise."""
+    """An ``on_event(message)`` callback: a rich spinner on a terminal; nothing otherwise (the phases of a
+    command this short are not worth a log line, and a refused input then prints its error line alone)."""
     if not err.is_terminal:
-        yield lambda message: err.print(message, markup=False, highlight=False)
+        yield lambda message: None
         return
     with err.status(first) as status:
         yield status.update

@@ -55,7 +55,8 @@ def _leaves(cls: type, prefix: str = ""):
         if dataclasses.is_dataclass(hints[f.name]):
             yield from _leaves(hints[f.name], name + ".")
         else:
-            yield name, f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            yield name, ",".join(default) if isinstance(default, list) else default  # a list: one comma-joined string
 
 
 def test_committed_app_pyproject_is_generated_from_the_dataclasses() -> None:

@@ -167,9 +167,10 @@ def test_inspect_shows_each_client_across_its_rounds_and_a_short_calibration(pla
         assert h["round_means"] == pytest.approx([sum(c["abs_gradip"]) / 3, sum(r2[c["client"]]["abs_gradip"]) / 3])
         assert len(h["sparkline"]) == 2
     assert doc["calibration_steps"] == 3 and doc["min_calibration_steps"] == 100 and doc["short_calibration"]
-    assert "3 local steps per client, the rho classifier needs 100" in doc["warning"] and doc["notes"][0] == doc["warning"]
+    assert "calibration of 3 steps is shorter than the 100 the population classifier needs" in doc["warning"]
+    assert doc["notes"][0] == doc["warning"]
     table = run_cli("gradip", "inspect", str(plain_run), "--plot", str(tmp_path / "t.png"))
-    assert "steps (needs 100)" in table.stdout and "3 (short)" in table.stdout and "warning: round 1 had 3" in table.stdout
+    assert "steps (needs 100)" in table.stdout and "3 (short)" in table.stdout and "warning: short calibration: calibration of 3 steps" in table.stdout
     assert "mean per round taken" in table.stdout
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     none = json.loads(run_cli("gradip", "inspect", str(plain_run), "--classifier", "none", "--json").stdout)

@@ -71,8 +71,8 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
     from meerkat_core.encoding import encode_split
     from meerkat_core.mask import load_mask
     from meerkat_core.models import load_model
-    from meerkat_core.partition import load_partition, verify_label_counts, verify_partition
-    from meerkat_core.tasks import dataset_fingerprint, get_task, load_task_data
+    from meerkat_core.partition import load_partition
+    from meerkat_core.tasks import get_task, load_task_data
     from meerkat_core.zo import SparseCoordinates
 
     cfg.validate()
@@ -81,8 +81,7 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
         raise MeerkatInputError(f"--mask {cfg.mask}: no such file; make one with `meerkat mask` or pass --mask all")
     manifest = load_partition(cfg.partition)
     data = load_task_data(task)
-    verify_partition(manifest, dataset_fingerprint(data.train), train_files_sha256(task), len(data.train))
-    verify_label_counts(manifest, data.train["label"])
+    verify_train_partition(manifest, task, data)
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     mask = load_mask(cfg.mask, loaded.model) if cfg.mask != "all" else None
     indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
@@ -130,6 +129,22 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
         "carriers": coords.carriers.summary() if coords.carriers else None,
     }
     return Federation(cfg, loaded, task, mask, manifest, clients, runtime, server, test_set, provenance)
+
+
+def verify_train_partition(manifest: Any, task: Any, data: Any) -> None:
+    """Refuse a partition that is not of ``task``'s train split (``data``): its fingerprint (or, for a
+    partition made with ``meerkat partition --data`` from the task's own files, their sha256) and the
+    label counts it promises, checked against the labels it was made from."""
+    from meerkat_core.partition import verify_label_counts, verify_partition
+    from meerkat_core.tasks import dataset_fingerprint, load_local_files
+
+    files = train_files_sha256(task)
+    verify_partition(manifest, dataset_fingerprint(data.train), files, len(data.train))
+    labels = data.train["label"]
+    if files is not None and manifest.source.get("kind") == "files" and list(manifest.source.get("sha256", [])) == files:
+        # a partition of the raw files: its label counts are over the files' own label column
+        labels = load_local_files(list(task.data.files[task.data.train_split]))[manifest.label_column]
+    verify_label_counts(manifest, labels)
 
 
 def train_files_sha256(task: Any) -> list[str] | None:

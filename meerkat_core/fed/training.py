@@ -300,12 +300,10 @@ def _train_locked(
     dtype_reason: str,
 ) -> dict[str, Any]:
     fed = build(cfg)  # loads and checks every input before anything is written
-    fed.provenance["dtype_reason"] = dtype_reason
+    # a resumed run keeps the reason it was started with (its config.json stays the uninterrupted run's)
+    recorded = run.read_config().get("provenance", {}).get("dtype_reason") if cfg.resume else None
+    fed.provenance["dtype_reason"] = recorded or dtype_reason
     say = on_event or (lambda msg: None)
-    say(f"dtype {cfg.dtype} ({dtype_reason})")
-    warning = calibration_warning(cfg)
-    if warning:
-        say(f"warning: {warning}")
     start = time.perf_counter()
     if cfg.resume:
         _check_same_inputs(fed, run)
@@ -315,6 +313,11 @@ def _train_locked(
         run.path.mkdir(parents=True, exist_ok=True)
         run.create_ledger()  # before config.json: a run directory with a config always has a ledger
         done, metrics, gradip = 0, [], GradipLog()
+    # said once every input was checked: a refused --resume prints its error line alone
+    say(f"dtype {cfg.dtype} ({dtype_reason})")
+    warning = calibration_warning(cfg)
+    if warning:
+        say(f"warning: {warning}")
     run.write_config(cfg, fed.provenance)
     commit_point("after:config")
     if done == 0 and not metrics:

@@ -195,9 +195,9 @@ class SiteCache:
         """The site's client for ``setup``: built on first use (the same encodings as the in-process engine)."""
         from meerkat_core.encoding import encode_split
         from meerkat_core.fed.client import ClientRuntime, ZOClient
-        from meerkat_core.fed.simulator import train_files_sha256
-        from meerkat_core.partition import load_partition, verify_label_counts, verify_partition
-        from meerkat_core.tasks import dataset_fingerprint, get_task
+        from meerkat_core.fed.simulator import verify_train_partition
+        from meerkat_core.partition import load_partition
+        from meerkat_core.tasks import get_task
 
         loaded, coords, x0 = self._model(site, setup)
         key = (*site.data_key(), setup.task, setup.max_length, setup.batch_size, setup.loss, id(loaded))
@@ -208,8 +208,7 @@ class SiteCache:
         data = self._task_data(task)
         check = (site.data_key()[0], task.name)
         if check not in self._verified:
-            verify_partition(manifest, dataset_fingerprint(data.train), train_files_sha256(task), len(data.train))
-            verify_label_counts(manifest, data.train["label"])
+            verify_train_partition(manifest, task, data)
             self._verified.add(check)
         idx = manifest.client_indices(site.partition_id)
         if not idx:
