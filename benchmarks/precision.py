@@ -246,7 +246,7 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         tname = Path(task).stem if task.endswith(".json") else task
         for seed in args.seeds:
             part = _common.ensure_partition(work / "partitions" / f"{tname}-dirichlet{args.alpha:g}-seed{seed}", task,
-                                            args.clients, "dirichlet", seed, "--alpha", str(args.alpha))
+                                            args.clients, "dirichlet", seed, alpha=args.alpha)
             for dtype in args.acc_dtypes:
                 run = work / "runs" / f"{tname}-seed{seed}-{dtype}-R{args.rounds}xC{args.clients_per_round}xT{args.local_steps}"
                 cfg = TrainConfig(model=args.model, mask=args.mask, partition=str(part), task=task, out=str(run),

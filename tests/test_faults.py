@@ -79,12 +79,13 @@ def tree(d: Path) -> dict[str, bytes]:
 
 
 def assert_same_run(got: Path, want: Path) -> None:
-    """Every file of two run directories equal; in metrics and summary, the wall-clock fields aside."""
+    """Every file of two run directories equal; in metrics and summary, the wall-clock fields (seconds,
+    eval_seconds, seconds_this_invocation) aside."""
     a, b = tree(got), tree(want)
     assert sorted(a) == sorted(b)
     for name in a:
         if name == "metrics.jsonl":
-            rows = [[{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in t.decode().splitlines()]
+            rows = [[{k: v for k, v in json.loads(x).items() if not k.endswith("seconds")} for x in t.decode().splitlines()]
                     for t in (a[name], b[name])]
             assert rows[0] == rows[1], name
         elif name == "summary.json":
