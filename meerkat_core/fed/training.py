@@ -64,7 +64,10 @@ RoundRunner = Callable[[Federation, int], tuple[RoundOutcome, dict[int, tuple[in
 # metrics-row fields that come from the ledger (the rest: evaluations, and the round's wall time)
 LEDGER_ROW_FIELDS = ("round", "clients", "mean_loss", "lr", "steps", "skipped", "bytes_down", "bytes_up")
 EVAL_FIELDS = ("eval_accuracy", "eval_loss", "eval_n")
-EVAL_TIMING = ("eval_seconds",)  # carried over with EVAL_FIELDS on --resume; older runs lack it
+EVAL_TIMING = ("eval_seconds",)
+# An engine's transport figures (Flower's wire bytes, dropped replies): in the metrics row, not in the ledger,
+# which stays the same bytes on every engine; --resume keeps them from a row that agrees with the ledger.
+ENGINE_FIELDS = ("flower_bytes_down", "flower_bytes_up", "dropped")  # carried over with EVAL_FIELDS on --resume; older runs lack it
 # the run's inputs, compared by content on --resume (paths may differ: another working directory)
 CONTENT_PROVENANCE = ("model_fingerprint", "mask_sha256", "partition_fingerprint", "dataset_fingerprint", "k", "d",
                       "num_clients")
@@ -240,12 +243,11 @@ def _restore(fed: Federation, run: RunDir) -> tuple[int, list[dict[str, Any]], G
     for lr in rounds:
         r = lr.round
         outcome = rs.round(lr)
-        extra = {k: v for k, v in lr.record.items() if k in ("flower_bytes_down", "flower_bytes_up", "dropped")}
-        row = round_row(r, fed, outcome, _ledger_wire(lr.clients), extra, None)
+        row = round_row(r, fed, outcome, _ledger_wire(lr.clients), {}, None)
         prev = old.get(r)
         if prev is not None and all(_same(prev.get(k), row[k]) for k in LEDGER_ROW_FIELDS):
             row["seconds"] = prev.get("seconds")
-            row.update({k: prev[k] for k in EVAL_FIELDS + EVAL_TIMING if k in prev})
+            row.update({k: prev[k] for k in EVAL_FIELDS + EVAL_TIMING + ENGINE_FIELDS if k in prev})
         if _should_eval(fed.cfg, r) and "eval_accuracy" not in row:
             row.update(_evaluate(fed, r))
         metrics.append(row)
@@ -342,7 +344,7 @@ def _train_locked(
         commit_point(f"after:gradip:{r}")
         row = round_row(r, fed, outcome, wire, extra, time.perf_counter() - t0)
         decisions = fed.server.policy.on_round_complete(r, outcome)
-        run.append_round(records, {"round": r, "state_crc": outcome.state_crc, **decisions, **extra,
+        run.append_round(records, {"round": r, "state_crc": outcome.state_crc, **decisions,
                                    **{k: row[k] for k in ("steps", "skipped", "bytes_down", "bytes_up")}})
         commit_point(f"after:ledger:{r}")
         if _should_eval(cfg, r):
