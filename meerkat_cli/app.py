@@ -52,6 +52,7 @@ def _quiet_libraries(verbose: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads this one for its own bars
         os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
         # the variables above only act on import; libraries already imported are told directly
         if "datasets" in sys.modules:

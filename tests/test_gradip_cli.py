@@ -100,7 +100,7 @@ def test_inspect_default_classifier_abstains_and_warns_on_a_short_calibration(pl
     assert doc["classifier"]["name"] == "population" and doc["classifier"]["min_calibration_steps"] == 100
     assert doc["outcome"] == "abstained" and doc["flagged"] == [] and "at least 5" in doc["reason"]
     assert doc["short_calibration"] is True and doc["calibration_steps"] == 3
-    assert "3 steps, the population classifier needs 100" in doc["warning"] and doc["warning"] in doc["notes"]
+    assert "calibration of 3 steps is shorter than the 100 the population classifier needs" in doc["warning"] and doc["warning"] in doc["notes"]
     assert all(set(c["margins"]) == {"z", "drop"} for c in doc["clients"])
     png = tmp_path / "short.png"
     table = run_cli("gradip", "inspect", str(plain_run), "--plot", str(png)).stdout

@@ -68,9 +68,19 @@ def convert_gguf(gguf: Path, cache: Path) -> Path:
     """De-quantize ``gguf`` into an HF safetensors directory at ``cache`` (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     log.info("converting %s to %s (one-time, ~20 s)", gguf, cache)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # transformers' own de-quantizing bar only with logs on (--verbose): a command's stderr stays its own
+    bars = hf_logging.is_progress_bar_enabled()
+    if not log.isEnabledFor(logging.INFO):
+        hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     # The de-quantized weights are plain fp32 tensors; drop the GGUF quantizer so it can be saved.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
