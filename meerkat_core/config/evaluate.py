@@ -31,7 +31,7 @@ class EvalConfig:
     batch_size: int = setting(16, help="Examples per forward pass.")
     max_length: int = setting(128, help="Prompt tokens kept (the end is kept).")
     device: str = setting("auto", help="auto, cpu or cuda[:N].")
-    dtype: str = setting("auto", help="auto (bf16 on a CPU with native bf16, else fp32), fp32, bf16 or fp16.")
+    dtype: str = setting("auto", help="auto (fp32 for now), fp32, bf16 or fp16.")
     trust_remote_code: bool = setting(False, help="Allow a hub model's own code to run.")
 
     def validate(self) -> "EvalConfig":

@@ -97,7 +97,8 @@ class TrainConfig:
                              "whole vocabulary.")
     seed: int = setting(0, help="Seed of client sampling and every perturbation.")
     device: str = setting("auto", help="auto, cpu or cuda[:N].")
-    dtype: str = setting("auto", help="auto (bf16 on a CPU with native bf16, else fp32; a resumed run keeps its own), fp32, bf16 or fp16.")
+    dtype: str = setting("auto", help="auto (fp32 until bf16 is shown to learn like it; a resumed run keeps its own), fp32, "
+                                         "bf16 or fp16.")
     max_length: int = setting(128, help="Prompt tokens kept (the end is kept).")
     sync: str = setting("auto", choices=SYNC_MODES,
                         help="How clients get the global state: replay (seeds+scalars), vector, or auto "

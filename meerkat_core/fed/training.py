@@ -64,10 +64,10 @@ RoundRunner = Callable[[Federation, int], tuple[RoundOutcome, dict[int, tuple[in
 # metrics-row fields that come from the ledger (the rest: evaluations, and the round's wall time)
 LEDGER_ROW_FIELDS = ("round", "clients", "mean_loss", "lr", "steps", "skipped", "bytes_down", "bytes_up")
 EVAL_FIELDS = ("eval_accuracy", "eval_loss", "eval_n")
-EVAL_TIMING = ("eval_seconds",)
+EVAL_TIMING = ("eval_seconds",)  # carried over with EVAL_FIELDS on --resume; older runs lack it
 # An engine's transport figures (Flower's wire bytes, dropped replies): in the metrics row, not in the ledger,
 # which stays the same bytes on every engine; --resume keeps them from a row that agrees with the ledger.
-ENGINE_FIELDS = ("flower_bytes_down", "flower_bytes_up", "dropped")  # carried over with EVAL_FIELDS on --resume; older runs lack it
+ENGINE_FIELDS = ("flower_bytes_down", "flower_bytes_up", "dropped")
 # the run's inputs, compared by content on --resume (paths may differ: another working directory)
 CONTENT_PROVENANCE = ("model_fingerprint", "mask_sha256", "partition_fingerprint", "dataset_fingerprint", "k", "d",
                       "num_clients")
@@ -263,9 +263,9 @@ def _restore(fed: Federation, run: RunDir) -> tuple[int, list[dict[str, Any]], G
     return done, metrics, gradip
 
 
-def _check_same_inputs(fed: Federation, run: RunDir) -> None:
-    """--resume: the mask, partition, data and model must be the run's by content, not by path."""
-    before = run.read_config().get("provenance", {})
+def _check_same_inputs(fed: Federation, run: RunDir, before: dict[str, Any]) -> None:
+    """--resume: the mask, partition, data and model must be the run's by content (``before``: the run's
+    recorded provenance), not by path."""
     for key in CONTENT_PROVENANCE:
         if key in before and before[key] != fed.provenance[key]:
             option = {"mask_sha256": "--mask", "partition_fingerprint": "--partition", "dataset_fingerprint": "--task",
@@ -302,13 +302,14 @@ def _train_locked(
     dtype_reason: str,
 ) -> dict[str, Any]:
     fed = build(cfg)  # loads and checks every input before anything is written
-    # a resumed run keeps the reason it was started with (its config.json stays the uninterrupted run's)
-    recorded = run.read_config().get("provenance", {}).get("dtype_reason") if cfg.resume else None
-    fed.provenance["dtype_reason"] = recorded or dtype_reason
+    fed.provenance["dtype_reason"] = dtype_reason
     say = on_event or (lambda msg: None)
     start = time.perf_counter()
     if cfg.resume:
-        _check_same_inputs(fed, run)
+        before = run.read_config().get("provenance", {})
+        _check_same_inputs(fed, run, before)
+        # a resumed run keeps the reason it was started with (its config.json stays the uninterrupted run's)
+        fed.provenance["dtype_reason"] = before.get("dtype_reason") or dtype_reason
         done, metrics, gradip = _restore(fed, run)
         say(f"resuming after round {done} of {cfg.rounds}")
     else:
@@ -338,7 +339,6 @@ def _train_locked(
             rec = client_record(o, wire[o.client])
             rec["round"] = r
             records.append(rec)
-        for o in outcome.clients:
             gradip.add_client_round(r, o)
         gradip.append(run.path, cfg.seed, fed.provenance["mask_sha256"])
         commit_point(f"after:gradip:{r}")
