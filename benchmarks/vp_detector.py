@@ -93,7 +93,7 @@ def calibration_run(args: argparse.Namespace, out: Path, mask: str, task: str, s
     cache = out / "cache" / f"{run_key(task, seed)}.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    from meerkat_core.fed.config import TrainConfig
+    from meerkat_core.config.train import EvalSettings, TrainConfig, VPSettings
     from meerkat_core.fed.training import run_training
     from meerkat_core.gradip import load_trajectories
     from meerkat_core.partition import load_partition
@@ -101,7 +101,7 @@ def calibration_run(args: argparse.Namespace, out: Path, mask: str, task: str, s
     key = run_key(task, seed)
     spec = task_arg(task, out, args.quick)
     part = _common.ensure_partition(out / "partitions" / key, spec, args.population + args.extreme, "mixed", seed,
-                                    "--extreme-clients", str(args.extreme))
+                                    extreme_clients=args.extreme)
     run = out / "runs" / key
     if run.exists():  # a round that did not finish: run it again from the start
         import shutil
@@ -109,8 +109,8 @@ def calibration_run(args: argparse.Namespace, out: Path, mask: str, task: str, s
         shutil.rmtree(run)
     cfg = TrainConfig(
         model=args.model, mask=mask, partition=str(part), task=spec, out=str(run), rounds=1, lr=args.lr, eps=args.eps,
-        batch_size=args.batch_size, loss=args.loss, seed=seed, device="cpu", eval_limit=4, algorithm="meerkat-vp",
-        vp_calibration_steps=args.cal_steps, vp_classifier="none",
+        batch_size=args.batch_size, loss=args.loss, seed=seed, device="cpu", eval=EvalSettings(limit=4),
+        algorithm="meerkat-vp", vp=VPSettings(calibration_steps=args.cal_steps, classifier="none"),
     )
     t0 = time.perf_counter()
     run_training(cfg, on_event=lambda m: print(f"  [{key}] {m}", file=sys.stderr))
