@@ -87,3 +87,28 @@ def test_distinct_labels() -> None:
     assert distinct_labels(["x/a/run", "x/b/run"]) == ["a/run", "b/run"]
     assert distinct_labels(["r1", "r2"]) == ["r1", "r2"]
     assert distinct_labels(["/p/run"]) == ["run"]
+
+
+def test_bytes_panel_starts_at_round_zero(two_runs: tuple[Path, Path], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round 0 (0 bytes) is on the bytes panel too: a symlog axis, linear below the first round's bytes."""
+    import matplotlib.axes
+
+    from meerkat_core.compare.plot import bytes_linthresh, plot_comparison
+    from meerkat_core.compare.runs import compare_runs
+
+    cmp = compare_runs(list(two_runs))
+    lines: list[tuple[list, list]] = []
+    scales: list[tuple[str, dict]] = []
+    real_plot, real_scale = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.set_xscale
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda ax, xs, ys, *a, **k: lines.append((list(xs), list(ys))) or real_plot(ax, xs, ys, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xscale",
+                        lambda ax, v, **k: scales.append((v, k)) or real_scale(ax, v, **k))
+    plot_comparison(cmp, tmp_path / "c.png")
+    first_sent = min(p.cum_bytes for r in cmp.runs for p in r.curve if p.cum_bytes > 0)
+    assert bytes_linthresh(cmp) == first_sent > 0
+    assert scales == [("symlog", {"linthresh": first_sent, "linscale": 0.5})]
+    for run in cmp.runs:
+        assert ([p.cum_bytes for p in run.curve], [p.accuracy for p in run.curve]) in lines
+        assert run.curve[0].round == 0 and run.curve[0].cum_bytes == 0
