@@ -78,33 +78,61 @@ def ensure_partition(path: Path, task: str, clients: int, scheme: str = "iid", s
     return path
 
 
-def ensure_small_task(folder: Path, n_train: int = SMALL_TRAIN, n_test: int = SMALL_TEST) -> str:
-    """A task JSON file with the first ``n_train`` / ``n_test`` rows of the built-in sentiment2 splits."""
+def ensure_small_task(folder: Path, n_train: int = SMALL_TRAIN, n_test: int = SMALL_TEST,
+                      task: str = "sentiment2") -> str:
+    """A task JSON file ``TASK-small.json`` with ``n_train`` / ``n_test`` rows of the built-in ``task``'s
+    splits (every j-th row, so every label appears)."""
     folder = Path(folder)
-    spec = folder / "sentiment2-small.json"
+    spec = folder / f"{task}-small.json"
     if spec.exists():
         return str(spec)
     from meerkat_core.tasks import get_task, load_task_data
 
-    task = get_task("sentiment2")
-    data = load_task_data(task)
+    base = get_task(task)
+    data = load_task_data(base)
     folder.mkdir(parents=True, exist_ok=True)
+    prefix = "small" if task == "sentiment2" else f"{task}-small"  # sentiment2's files keep their old names
     for name, ds, n in (("train", data.train, n_train), ("test", data.test, n_test)):
-        # the built-in train split is grouped by label; take every j-th row so both labels appear
+        # the built-in train split may be grouped by label; take every j-th row so every label appears
         step = max(1, len(ds) // n)
         rows = [ds[i] for i in range(0, len(ds), step)][:n]
-        with open(folder / f"small-{name}.csv", "w", newline="") as fh:
+        with open(folder / f"{prefix}-{name}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["text", "label"])
             for r in rows:
                 w.writerow([r["text"], int(r["label"])])
-    doc = {"name": "sentiment2-small", "description": f"first rows of sentiment2 ({n_train} train, {n_test} test)",
-           "label_names": list(task.label_names), "label_words": list(task.label_words), "template": task.template,
-           "train_files": "small-train.csv", "test_files": "small-test.csv"}
+    doc = {"name": f"{task}-small", "description": f"first rows of {task} ({n_train} train, {n_test} test)",
+           "label_names": list(base.label_names), "label_words": list(base.label_words), "template": base.template,
+           "train_files": f"{prefix}-train.csv", "test_files": f"{prefix}-test.csv"}
     tmp = spec.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(spec)
     return str(spec)
+
+
+def mask_density(mask: str) -> float:
+    from meerkat_core.mask import load_mask
+
+    return float(load_mask(mask).meta.density)
+
+
+def arm_masks(folder: Path, model: str, sensitivity: str, density: float, seed: int,
+              quick: bool) -> dict[str, str]:
+    """The mask of each accuracy arm: ``meerkat`` the sensitivity mask, ``full-zo`` all weights, ``random``
+    (one per seed) and ``magnitude`` at ``density``, made into ``folder`` once."""
+    folder = Path(folder)
+    return {
+        "meerkat": sensitivity,
+        "full-zo": "all",
+        "random": str(ensure_mask(folder / f"random-d{density:g}-seed{seed}.safetensors", model, "random", density,
+                                  seed, quick)),
+        "magnitude": str(ensure_mask(folder / f"magnitude-d{density:g}.safetensors", model, "magnitude", density, 0,
+                                     quick)),
+    }
+
+
+# full-zo's default z cache: 1 GiB holds z for up to 268M weights (smollm2-135m: d = 134.5M, 513 MiB)
+FULL_ZO_CACHE_MB = 1024
 
 
 # TrainConfig fields that do not change a finished run's result; every other one must match to read it back
@@ -122,6 +150,22 @@ def check_same_settings(run: Path, cfg: Any, who: str) -> None:
     if diff:
         raise SystemExit(f"{who}: {run} was made with other settings: {', '.join(diff)}; "
                          "use another --out for these settings")
+
+
+def train_or_read_back(cfg: Any, who: str, label: str | None = None) -> tuple[dict[str, Any], str]:
+    """(summary, status) of the run ``cfg.out``: read back when it holds ``summary.json`` (made with the
+    same settings), resumed when it is partial, else trained; status says which. Progress lines on stderr
+    start with ``[label]`` (default: the run directory's name)."""
+    from meerkat_core.fed.training import run_training
+    from meerkat_core.rundir import RunDir
+
+    run = Path(cfg.out)
+    if (run / "summary.json").exists():
+        check_same_settings(run, cfg, who)
+        return json.loads((run / "summary.json").read_text()), "read back"
+    cfg.resume = RunDir(run).exists()
+    summary = run_training(cfg, on_event=lambda m: print(f"  [{label or run.name}] {m}", file=sys.stderr))
+    return summary, "resumed" if cfg.resume else "trained"
 
 
 def mean_sd(xs: Iterable[float | None]) -> tuple[float, float]:

@@ -92,23 +92,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _density(mask: str) -> float:
-    from meerkat_core.mask import load_mask
-
-    return float(load_mask(mask).meta.density)
-
-
 def masks_for(args: argparse.Namespace, out: Path, seed: int, sens: str) -> dict[str, str]:
-    density = args.density or _density(sens)
-    quick = args.quick
-    return {
-        "meerkat": sens,
-        "full-zo": "all",
-        "random": str(_common.ensure_mask(out / "masks" / f"random-d{density:g}-seed{seed}.safetensors", args.model,
-                                          "random", density, seed, quick)),
-        "magnitude": str(_common.ensure_mask(out / "masks" / f"magnitude-d{density:g}.safetensors", args.model,
-                                             "magnitude", density, 0, quick)),
-    }
+    return _common.arm_masks(out / "masks", args.model, sens, args.density or _common.mask_density(sens), seed,
+                             args.quick)
 
 
 def partition_for(args: argparse.Namespace, out: Path, task: str, scheme: str, seed: int) -> Path:
@@ -118,16 +104,9 @@ def partition_for(args: argparse.Namespace, out: Path, task: str, scheme: str, s
                                     **extra[scheme])
 
 
-# full-zo's default z cache: 1 GiB holds z for up to 268M weights (smollm2-135m: d = 134.5M, 513 MiB)
-_FULL_ZO_CACHE_MB = 1024
-
 def run_one(args: argparse.Namespace, out: Path, task: str, group: str, part_name: str, part: Path, arm: str,
             mask: str, seed: int, steps: int, rounds: int) -> dict[str, Any]:
-    import json
-
     from meerkat_core.config.train import EvalSettings, TrainConfig
-    from meerkat_core.fed.training import run_training
-    from meerkat_core.rundir import RunDir
 
     run = out / "runs" / f"{part_name}-seed{seed}-{arm}-T{steps}-R{rounds}"
     lr = args.lr_full_zo if arm == "full-zo" else args.lr
@@ -136,17 +115,9 @@ def run_one(args: argparse.Namespace, out: Path, task: str, group: str, part_nam
                       batch_size=args.batch_size, loss=args.loss, seed=seed, device=args.device,
                       eval=EvalSettings(limit=args.eval_limit))
     if arm == "full-zo":
-        cfg.z_cache_mb = args.z_cache_mb if args.z_cache_mb is not None else _FULL_ZO_CACHE_MB
+        cfg.z_cache_mb = args.z_cache_mb if args.z_cache_mb is not None else _common.FULL_ZO_CACHE_MB
     t0 = time.perf_counter()
-    summary_path = run / "summary.json"
-    resumed = "read back"
-    if summary_path.exists():
-        _common.check_same_settings(run, cfg, "accuracy_sweep")
-        summary = json.loads(summary_path.read_text())
-    else:
-        cfg.resume = RunDir(run).exists()
-        resumed = "resumed" if cfg.resume else "trained"
-        summary = run_training(cfg, on_event=lambda m: print(f"  [{run.name}] {m}", file=sys.stderr))
+    summary, resumed = _common.train_or_read_back(cfg, "accuracy_sweep")
     return {"group": group, "seed": seed, "partition": part_name, "arm": arm, "local_steps": steps, "rounds": rounds,
             "lr": lr, "run": str(run), "status": resumed, "final_accuracy": summary["final_accuracy"],
             "initial_accuracy": summary["initial_accuracy"], "eval_n": summary["eval_n"],
