@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -19,6 +20,7 @@ TINY_D = 3_219_776  # tiny-llama's parameters (meerkat models)
 def load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve their annotations through the module's entry
     spec.loader.exec_module(mod)
     return mod
 
@@ -259,3 +261,92 @@ def test_precision_quick(tmp_path: Path, tiny_mask: Path) -> None:
     assert all(0 <= r["final_accuracy"] <= 1 and r["client_steps"] == 4 for r in acc["rows"])
     assert "diff_vs_fp32" in acc["summary"]["sentiment2-small"]["bf16"]
     assert doc["cpu_bf16"]["auto"] in ("fp32", "bf16")
+
+
+def test_paper_protocol_selection_verdicts_and_plan(tmp_path: Path, capsys) -> None:
+    """benchmarks/paper_protocol.py without a model: the lr rule (best validation mean, ties to the smaller
+    lr, only complete cells), the verdicts, the partition names, the validation slice and --plan's counts."""
+    mod = load("paper_protocol")
+    args = mod.parse(["--seeds", "0", "1", "--lr-meerkat", "3e-4", "1e-4", "--lr-random", "1e-2", "5e-2"])
+    row = {"task": "t", "partition": "iid", "steps": 10, "val_curve": []}
+    rows = [{**row, "arm": "meerkat", "lr": lr, "seed": s, "val_final": v}
+            for lr, vals in ((1e-4, (0.6, 0.7)), (3e-4, (0.7, 0.6))) for s, v in enumerate(vals)]
+    rows += [{**row, "arm": "random", "lr": 1e-2, "seed": 0, "val_final": 0.9}]  # 3 of its 4 runs missing
+    meerkat, random_ = mod.select(args, rows)
+    assert meerkat["val_mean"] == pytest.approx({"0.0001": 0.65, "0.0003": 0.65})
+    assert meerkat["lr"] == 1e-4 and meerkat["edge"]  # a tie goes to the smaller lr
+    assert "lr" not in random_ and random_["missing"] == [[1e-2, 1], [5e-2, 0], [5e-2, 1]]
+    rows[2]["val_final"] = 0.8  # now 3e-4 wins, whatever the order of the rows
+    assert mod.select(args, rows)[0]["lr"] == 3e-4 and mod.select(args, rows[::-1])[1]["lr"] == 3e-4
+    assert [mod.verdict(*v) for v in ((0.01, 0.02, 3), (0.03, 0.01, 3), (-0.03, 0.01, 3), (0.0, 0.0, 1),
+                                      (math.nan, math.nan, 0))] == ["tie", "held", "not held", "tie", "missing"]
+    a = {"arm": "meerkat", "steps": 10, "lr": 1e-4, "test": {"0": 0.8, "1": 0.7, "2": 0.9}}
+    b = {"arm": "full-zo", "steps": 10, "lr": 1e-5, "test": {"0": 0.7, "1": 0.7}}
+    pair = mod.paired("c", a, b, task="t")
+    assert pair["diffs"] == pytest.approx([0.1, 0.0]) and pair["n"] == 2 and pair["verdict"] == "tie"
+    assert mod.partition_settings("dirichlet0.1") == ("dirichlet", {"alpha": 0.1})
+    assert mod.partition_settings("pathological2") == ("pathological", {"labels_per_client": 2})
+    assert mod.partition_settings("mixed3") == ("mixed", {"extreme_clients": 3})
+    for bad in ("dirichlet", "pathological1.5", "label-skew"):
+        with pytest.raises(ValueError):
+            mod.partition_settings(bad)
+    labels = [0] * 10 + [1] * 4 + [2] * 6
+    val = mod.stratified_slice(labels, 3, 0)
+    assert [labels[i] for i in val] == [0, 1, 2, 0, 1, 2]  # at most half of a class, interleaved
+    assert val == mod.stratified_slice(labels, 3, 0) and len(set(val)) == 6
+    # --plan on the default grid: counts only, nothing written
+    doc = mod.main(["--plan", "--out", str(tmp_path / "p")])
+    assert not (tmp_path / "p").exists()
+    per_task = {"grid": 5 * 4 * 3 * 3, "sweep": 3 * 3 * 3 * 3 - 3 * 3 * 3, "vp": 3 * 3 * 3}  # T=10 sweep runs = grid's
+    assert {(r["section"], r["runs"]) for r in doc["slices"]} == {(s, n) for s, n in per_task.items()}
+    vp_steps = 3 * (1000 + 2 * (10 * 100 + 9 * 10 * 10))  # meerkat, then meerkat-vp and vp-random (calibration round)
+    assert doc["total"]["runs"] == 2 * sum(per_task.values())
+    assert doc["total"]["client_steps"] == 2 * ((per_task["grid"] + per_task["sweep"]) * 1000 + 3 * vp_steps)
+    assert "1000 client steps per run" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_paper_protocol_quick(tmp_path: Path, tiny_mask: Path) -> None:
+    """benchmarks/paper_protocol.py --quick: every section on tiny-llama; the validation slice is disjoint
+    from the clients' rows, every cell is selected and scored on the test split, every claim reports, a
+    second call reads everything back, a finished run without its summary is resumed to the same state."""
+    mod = load("paper_protocol")
+    out = tmp_path / "pp"
+    argv = ["--quick", "--mask", str(tiny_mask), "--out", str(out)]
+    doc = mod.main(argv)
+    assert doc["val_task_check"]["same_k_vector"] and doc["val_task_check"]["same_losses"]
+    runs = doc["runs"]
+    assert len(runs) == 2 * 8 + 2 * 2 + 3 * 2 and all(r["status"] == "trained" for r in runs)
+    for r in runs:  # 4 clients x 2 steps; meerkat-vp: a calibration round of 8 steps each, then 1 round of T = 1
+        assert r["client_steps"] == (4 * 8 + 4 * 1 if r["arm"] in ("meerkat-vp", "vp-random") else 4 * 2), r["run"]
+        assert r["val_n"] == 3 * 8 and 0 <= r["val_final"] <= 1
+    expected = {(p, a, 1) for p in ("iid", "pathological1") for a in mod.ARMS}
+    expected |= {("dirichlet0.1", "meerkat", t) for t in (1, 2)} | {("mixed2", a, 1) for a in
+                                                                    ("meerkat", "meerkat-vp", "vp-random")}
+    cells = doc["cells"]
+    assert {(c["partition"], c["arm"], c["steps"]) for c in cells} == expected
+    for c in cells:
+        assert c["lr"] in c["lr_grid"] and len(c["lr_grid"]) == 2 and c["test_n"] == mod.QUICK_TEST
+        assert c["val_mean"][f"{c['lr']:g}"] == max(c["val_mean"].values())
+    assert all(doc["claims"][k] for k in "12345")
+    assert {c["claim"] for c in doc["claims"]["5"]} == {"meerkat-vp >= meerkat", "meerkat-vp >= vp-random"}
+    # the clients never see a validation row; train + validation = the task's train rows
+    tasks = doc["validation"]["tasks"]["sentiment3-small"]
+    val = [json.loads(line) for line in (out / "tasks" / "sentiment3-small-val-val.jsonl").read_text().splitlines()]
+    train = [json.loads(line) for line in (out / "tasks" / "sentiment3-small-val-train.jsonl").read_text().splitlines()]
+    assert len(val) == 24 and len(train) == mod.QUICK_TRAIN - 24 and not {r["text"] for r in val} & {r["text"] for r in train}
+    assert json.loads(Path(tasks["val"]).read_text())["data"]["files"]["test"] == "sentiment3-small-val-val.jsonl"
+    manifest = json.loads((out / "partitions" / "sentiment3-small" / "iid-seed0" / "manifest.json").read_text())
+    assert manifest["source"]["task"] == "sentiment3-small-val"
+    # resumable: everything read back, the same tables
+    again = mod.main(argv)
+    assert all(r["status"] == "read back" for r in again["runs"])
+    assert json.loads(json.dumps(again["cells"])) == json.loads(json.dumps(cells))
+    run = Path(runs[0]["run"])
+    crc = json.loads((run / "summary.json").read_text())["final_state_crc"]
+    (run / "summary.json").unlink()
+    third = mod.main(argv + ["--sections", "grid", "--partitions", "iid", "--arms", "meerkat"])
+    assert [r["status"] for r in third["runs"]] == ["resumed", "read back"]
+    assert json.loads((run / "summary.json").read_text())["final_state_crc"] == crc
+    with pytest.raises(SystemExit, match=r"made with other settings: eps=0\.001 \(now 0\.002\)"):
+        mod.main(argv + ["--eps", "0.002"])
