@@ -168,6 +168,14 @@ def train_or_read_back(cfg: Any, who: str, label: str | None = None) -> tuple[di
     return summary, "resumed" if cfg.resume else "trained"
 
 
+def add_run_flags(p: Any, out: str, threads_help: str) -> None:
+    """The flags of the run-based benchmarks: --device, --threads, --out DIR and --json FILE."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help=threads_help)
+    p.add_argument("--out", default=out)
+    p.add_argument("--json", dest="json_out", help="write the results here (default: OUT/results.json)")
+
+
 def mean_sd(xs: Iterable[float | None]) -> tuple[float, float]:
     vals = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
     if not vals:

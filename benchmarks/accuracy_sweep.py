@@ -70,10 +70,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loss", default="classification", choices=["lm", "classification"],
                    help="training loss (TrainConfig.loss); classification is the one that moves SmolLM2's accuracy")
     p.add_argument("--eval-limit", type=int, default=200)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's; 1 with --quick)")
-    p.add_argument("--out", default="runs/accuracy_sweep")
-    p.add_argument("--json", dest="json_out", help="write the results here (default: OUT/results.json)")
+    _common.add_run_flags(p, "runs/accuracy_sweep", "torch.set_num_threads (default: torch's; 1 with --quick)")
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.clients, args.clients_per_round, args.extreme = "tiny-llama", 4, 4, 1

@@ -13,9 +13,13 @@ Validation For every task two task files in ``OUT/tasks/``: ``TASK-val`` (train 
            the other train rows keep their order. Partitions are made from ``TASK-val``, so no client
            ever sees a validation row, and every run trains on ``TASK-val`` (its in-training evaluations
            are on validation). Only the selected runs' final checkpoints are scored on the test split
-           (``meerkat_core.api.evaluate`` with ``cross_task``; nothing is retrained).
+           (``meerkat_core.api.evaluate`` with ``cross_task``, ``--test-limit`` rows; nothing is retrained).
+           ``--check-val-task`` (on with ``--quick``) trains the first run again on ``TASK-trainonly`` and
+           requires the same k-vector and losses: the validation task changes what is evaluated, not the
+           training.
 Partitions ``--partitions`` (the grid): ``iid``, ``dirichlet0.1``, ``dirichlet0.5``, ``pathological1``,
-           ``pathological2`` (k labels per client); ``--sweep-partitions`` for the T sweep; ``mixed3``
+           ``pathological2`` (k labels per client); ``--sweep-partitions`` for the T sweep (``iid``,
+           ``dirichlet0.1``, ``pathological1``: the strongest skews, IID as the contrast); ``mixed3``
            (three single-label clients, the rest IID) for the vp section. Names are SCHEME+VALUE
            (alpha, labels per client, single-label clients); one partition per seed
            (``meerkat partition ... --seed S``), ``--clients`` clients.
@@ -133,10 +137,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-limit", type=int, default=None, help="test rows scored (default: the whole test split)")
     p.add_argument("--check-val-task", action="store_true",
                    help="also train one grid run on TASK-trainonly and require the same checkpoint (on with --quick)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 with --quick)")
-    p.add_argument("--out", default="runs/paper_protocol")
-    p.add_argument("--json", dest="json_out", help="write the results here (default: OUT/results.json)")
+    _common.add_run_flags(p, "runs/paper_protocol", "torch.set_num_threads (1 with --quick)")
     args = p.parse_args(argv)
     if args.quick:
         quick_settings(args, p)
