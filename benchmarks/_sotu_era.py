@@ -74,7 +74,8 @@ def build_rows(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
 
 
 def write_task(directory: str | Path) -> Path:
-    """The task file (written once, with its data files beside it); returns its path."""
+    """The task file (written once, with its data files beside it); returns its path. The builder's format
+    version and the row counts go to ``build.json`` beside it (a task file takes only task keys)."""
     from meerkat_core.atomic import write_json_atomic
 
     d = Path(directory)
@@ -95,7 +96,7 @@ def write_task(directory: str | Path) -> Path:
         "template": TEMPLATE,
         "train_files": "train.jsonl",
         "test_files": "test.jsonl",
-        "builder_format_version": FORMAT_VERSION,
-        "counts": {k: len(v) for k, v in rows.items()},
     })
+    write_json_atomic(d / "build.json", {"builder_format_version": FORMAT_VERSION,
+                                         "counts": {k: len(v) for k, v in rows.items()}})
     return task

@@ -350,3 +350,22 @@ def test_paper_protocol_quick(tmp_path: Path, tiny_mask: Path) -> None:
     assert json.loads((run / "summary.json").read_text())["final_state_crc"] == crc
     with pytest.raises(SystemExit, match=r"made with other settings: eps=0\.001 \(now 0\.002\)"):
         mod.main(argv + ["--eps", "0.002"])
+
+
+def test_sotu_era_task_file_loads(tmp_path: Path) -> None:
+    """vp_detector's held-out 4-class task: the file it writes is a valid task file (only task keys; the
+    builder's version and counts beside it) whose splits hold the counts it recorded, every era in both."""
+    from meerkat_core.tasks import get_task, load_task_data
+
+    sys.path.insert(0, str(BENCH))
+    import _sotu_era
+
+    path = _sotu_era.write_task(tmp_path / "sotu")
+    task = get_task(str(path))
+    data = load_task_data(task)
+    build = json.loads((tmp_path / "sotu" / "build.json").read_text())
+    assert build["builder_format_version"] == _sotu_era.FORMAT_VERSION
+    assert {"train": len(data.train), "test": len(data.test)} == build["counts"]
+    assert len(task.label_names) == 4
+    for ds in (data.train, data.test):
+        assert sorted(set(int(x) for x in ds["label"])) == [0, 1, 2, 3]
