@@ -357,9 +357,7 @@ def test_sotu_era_task_file_loads(tmp_path: Path) -> None:
     builder's version and counts beside it) whose splits hold the counts it recorded, every era in both."""
     from meerkat_core.tasks import get_task, load_task_data
 
-    sys.path.insert(0, str(BENCH))
-    import _sotu_era
-
+    _sotu_era = load("_sotu_era")
     path = _sotu_era.write_task(tmp_path / "sotu")
     task = get_task(str(path))
     data = load_task_data(task)
