@@ -110,6 +110,11 @@ def ensure_small_task(folder: Path, n_train: int = SMALL_TRAIN, n_test: int = SM
     return str(spec)
 
 
+def task_label(task: str) -> str:
+    """A task argument's short name: a task file's stem (``.json`` / ``.toml``), else the built-in name."""
+    return Path(task).stem if task.endswith((".json", ".toml")) else task
+
+
 def mask_density(mask: str) -> float:
     from meerkat_core.mask import load_mask
 

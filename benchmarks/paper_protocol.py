@@ -234,10 +234,6 @@ class RunSpec:
         return Path(self.task) / f"{self.partition}-seed{self.seed}" / f"{self.arm}-T{self.steps}-lr{self.lr:g}"
 
 
-def task_label(task: str) -> str:
-    return Path(task).stem if task.endswith((".json", ".toml")) else task
-
-
 def plan(args: argparse.Namespace) -> dict[str, list[RunSpec]]:
     """The runs of each section (in cell order, so a sitting completes cells one at a time)."""
     cells: dict[str, list[tuple[str, str, int]]] = {
@@ -245,7 +241,7 @@ def plan(args: argparse.Namespace) -> dict[str, list[RunSpec]]:
         "sweep": [(p, a, t) for p in args.sweep_partitions for a in args.sweep_arms for t in sorted(args.sweep_steps)],
         "vp": [(args.vp_partition, a, args.grid_steps) for a in args.vp_arms],
     }
-    return {s: [RunSpec(task_label(task), p, a, t, lr, seed) for task in args.tasks for p, a, t in cells[s]
+    return {s: [RunSpec(_common.task_label(task), p, a, t, lr, seed) for task in args.tasks for p, a, t in cells[s]
                 for lr in lr_grid(args, a) for seed in args.seeds] for s in args.sections}
 
 
@@ -348,7 +344,7 @@ def ensure_val_tasks(task: str, out: Path, per_class: int) -> dict[str, str]:
     """The task files of one task: ``val`` (train minus the slice / the slice), ``trainonly`` (the same train
     rows / the real test split) and ``test`` (what the test scores use: the source task). Written once."""
     source = task_source(task, out)
-    label = task_label(task)
+    label = _common.task_label(task)
     folder = out / "tasks"
     paths = {"val": folder / f"{label}-val.json", "trainonly": folder / f"{label}-trainonly.json"}
     if not all(p.exists() for p in paths.values()):
@@ -400,7 +396,7 @@ def make_inputs(args: argparse.Namespace, out: Path) -> Inputs:
     made = out / "masks" / "sensitivity.safetensors"
     sens = Path(args.mask).resolve() if args.mask else _common.ensure_mask(made, args.model, density=args.density,
                                                                            quick=args.quick)
-    tasks = {task_label(t): ensure_val_tasks(t, out, args.val_per_class) for t in args.tasks}
+    tasks = {_common.task_label(t): ensure_val_tasks(t, out, args.val_per_class) for t in args.tasks}
     return Inputs(out=out, sensitivity=str(sens), tasks=tasks, masks={})
 
 

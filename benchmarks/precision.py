@@ -243,7 +243,7 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     tasks = [_common.ensure_small_task(work)] if args.quick else args.acc_tasks
     for task in tasks:
-        tname = Path(task).stem if task.endswith(".json") else task
+        tname = _common.task_label(task)
         for seed in args.seeds:
             part = _common.ensure_partition(work / "partitions" / f"{tname}-dirichlet{args.alpha:g}-seed{seed}", task,
                                             args.clients, "dirichlet", seed, alpha=args.alpha)

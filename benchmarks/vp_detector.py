@@ -80,12 +80,8 @@ def task_arg(task: str, out: Path, quick: bool) -> str:
     return task
 
 
-def task_label(task: str) -> str:
-    return Path(task).stem if task.endswith(".json") else task
-
-
 def run_key(task: str, seed: int) -> str:
-    return f"{task_label(task)}-seed{seed}"
+    return f"{_common.task_label(task)}-seed{seed}"
 
 
 def calibration_run(args: argparse.Namespace, out: Path, mask: str, task: str, seed: int) -> dict[str, Any]:
@@ -118,7 +114,7 @@ def calibration_run(args: argparse.Namespace, out: Path, mask: str, task: str, s
     manifest = load_partition(part)
     trajs = load_trajectories(run).for_round(1)
     doc = {
-        "key": key, "task": task_label(task), "seed": seed, "run": str(run),
+        "key": key, "task": _common.task_label(task), "seed": seed, "run": str(run),
         "model": args.model, "cal_steps": args.cal_steps, "lr": args.lr, "batch_size": args.batch_size,
         "loss": args.loss, "eps": args.eps, "seconds": seconds, "machine": _common.machine("cpu"),
         "clients": {
