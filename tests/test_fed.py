@@ -65,6 +65,25 @@ def test_replay_equals_client_paths_and_aggregate(tiny_mask: Path, tiny_partitio
     assert k == fed.provenance["k"] and k < 10_000
 
 
+def test_apply_history_batched_draws_are_the_same_bits() -> None:
+    """The catch-up replay draws several entries' z in one pass; the state is the one of applying
+    entry by entry with its own draw, whatever the grouping (one pass, a few per pass, one per pass,
+    and k larger than a piece, drawn in slices)."""
+    from meerkat_core.zo import derive_key, normal
+    from meerkat_core.zo.update import add_scaled
+
+    history = [HistoryEntry(derive_key(3, r, c, 0), (-1) ** c * 1e-4 * (c + 1)) for r in range(4) for c in range(9)]
+    for k in (1, 3220, 5001):
+        x0 = torch.linspace(-1, 1, k)
+        want = x0.clone()
+        for h in history:
+            add_scaled(want, normal(h.key, k), h.coef)
+        for chunk in (None, 3 * k + 1, k, max(1, k // 3)):
+            got = apply_history(x0.clone(), history, chunk=chunk)
+            assert torch.equal(got, want), (k, chunk)
+    assert not torch.equal(want, x0)
+
+
 def test_vector_sync_gives_same_state(tiny_mask: Path, tiny_partition: Path, tmp_path: Path) -> None:
     """Vector sync, replay sync, and the simulator's shortcut of replay sync (clients adopt the
     server's state instead of replaying) give the same bits, and the shortcut sends the same bytes."""

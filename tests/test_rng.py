@@ -86,6 +86,41 @@ def test_high_counters():
     assert torch.isfinite(z).all()
 
 
+def test_normal_many_is_normal_per_key_bitwise():
+    """Several streams in one pass equal one ``normal`` call per key, bit for bit: any count and offset
+    (partial first and last blocks), keys with high words set, groups cut by ``chunk``, the
+    counter's high word, float64 and bfloat16."""
+    keys = [derive_key(5, r, c, 0) for r in range(3) for c in range(7)] + [0, (1 << 64) - 1, (1 << 32) + 5]
+    for count, off in ((3220, 0), (3221, 3), (1, 0), (7, 2), (1000, 1001), (16, (1 << 34) + 6)):
+        want = torch.stack([normal(k, count, off) for k in keys])
+        for chunk in (None, 4096, 8):  # whole, a few keys per pass, one key per pass
+            got = rng.normal_many(keys, count, off, chunk=chunk)
+            assert got.shape == (len(keys), count) and torch.equal(got, want), (count, off, chunk)
+    z64 = rng.normal_many(keys[:3], 50, dtype=torch.float64)
+    assert torch.equal(z64, torch.stack([normal(k, 50, dtype=torch.float64) for k in keys[:3]]))
+    assert torch.equal(rng.normal_many(keys[:2], 9, dtype=torch.bfloat16), z64[:2, :9].to(torch.bfloat16))
+    assert rng.normal_many([], 10).shape == (0, 10) and rng.normal_many(keys, 0).shape == (len(keys), 0)
+    with pytest.raises(ValueError):
+        rng.normal_many([1, -1], 10)
+
+
+def test_philox_per_column_keys_both_multiply_paths():
+    """Per-column key words (``normal_many``'s layout) give each column its own key's words, on the
+    wrapping-multiply path and on the 16-bit-halves path."""
+    keys = (0, KEY, (1 << 64) - 1, 0x80000000_80000000)
+    n = 300
+    counters = torch.arange(n, dtype=torch.int64)
+    for wrap in (True, False):
+        a = torch.stack((counters.repeat(len(keys)), torch.zeros(len(keys) * n, dtype=torch.int64)))
+        b = torch.zeros_like(a)
+        words = torch.tensor([[k & rng.M32, k >> 32] for k in keys], dtype=torch.int64)
+        a, b = rng._philox_rounds((words[:, 0].repeat_interleave(n), words[:, 1].repeat_interleave(n)), a, b, wrap=wrap)
+        got = torch.stack((a[0], b[1], a[1], b[0]), dim=1).view(len(keys), n, 4)
+        ctr = torch.stack((counters, torch.zeros_like(counters), torch.zeros_like(counters), torch.zeros_like(counters)), 1)
+        for j, k in enumerate(keys):
+            assert torch.equal(got[j], rng.philox4x32(k, ctr, wrap=wrap)), (wrap, k)
+
+
 def test_moments():
     z = normal(KEY, 1_000_000, dtype=torch.float64)
     n = z.numel()

@@ -19,14 +19,23 @@ def state_crc(x: torch.Tensor) -> int:
 
 @torch.no_grad()
 def apply_history(x: torch.Tensor, history: Sequence[HistoryEntry], chunk: int | None = None) -> torch.Tensor:
-    """In place ``x += fp32(coef) * z(key)`` for every entry, in order (``add_scaled``)."""
+    """In place ``x += fp32(coef) * z(key)`` for every entry, in order (``add_scaled``).
+
+    The z of several entries are drawn in one pass (``rng.normal_many``: the same bits, the kernel
+    launches shared) while they fit in ``chunk`` draws; the additions stay one entry at a time, in order.
+    """
     k = x.numel()
     piece = chunk or rng.default_chunk(x.device)
+    if k <= piece:
+        per = max(1, piece // max(1, k))
+        for j in range(0, len(history), per):
+            group = history[j : j + per]
+            zs = rng.normal_many([h.key for h in group], k, device=x.device, chunk=piece)
+            for h, z in zip(group, zs):
+                add_scaled(x, z, h.coef)
+        return x
     for h in history:
-        if k <= piece:
-            add_scaled(x, rng.normal(h.key, k, device=x.device), h.coef)
-        else:
-            for lo in range(0, k, piece):
-                hi = min(k, lo + piece)
-                add_scaled(x[lo:hi], rng.normal(h.key, hi - lo, lo, device=x.device, chunk=hi - lo), h.coef)
+        for lo in range(0, k, piece):
+            hi = min(k, lo + piece)
+            add_scaled(x[lo:hi], rng.normal(h.key, hi - lo, lo, device=x.device, chunk=hi - lo), h.coef)
     return x
