@@ -12,7 +12,8 @@ Where the client lives:
 - otherwise in this process, built by a per-process ``SiteCache`` (model, mask, task data, shard): under
   the simulation engine a Ray worker lives for the whole run, so a client is built once per worker; its
   synchronised state (round, k-vector) is kept in the node's ``context.state``, so any worker can take
-  any node's next message.
+  any node's next message; a client catches up from the newest global state another client of the
+  worker reached when it can (``fed.catchup``, crc-checked), else by replaying its whole history.
 """
 
 from __future__ import annotations
@@ -96,8 +97,11 @@ def train(msg: Message, context: Context) -> Message:
                                   None if vec is None else torch.from_numpy(vec.copy()))
     else:
         client.restore_sync_state(0, None)
-    reply, _ = client.run_round(instr, built.runtime)
+    shared = _site_cache().catch_up
+    reply, _ = client.run_round(instr, built.runtime, known_state=shared.state_for(context.run_id, instr))
     synced, state = client.sync_state()
+    if state is not None:
+        shared.record(context.run_id, instr, state)
     context.state[STATE] = ConfigRecord({"synced_round": synced})
     if state is not None:
         context.state[STATE_VECTOR] = ArrayRecord({"x": Array(state.detach().cpu().numpy())})

@@ -5,9 +5,10 @@
   SuperNode's node config, falling back to the run config (under Flower's simulation engine a virtual
   SuperNode has only ``partition-id``; the run's ``partition`` / ``mask`` / ``model`` / ``device`` apply).
 - ``SiteCache``: what a long-lived process keeps between messages: one loaded base model (and its masked
-  coordinates) per (model, mask, dtype, device), the task's data, and each site's encoded shard. A Ray
-  worker of the simulation engine and ``meerkat site serve`` keep one; a rebuild costs seconds (imports,
-  model load, tokenization), a cached round costs the ZO steps.
+  coordinates) per (model, mask, dtype, device), the task's data, each site's encoded shard, and the
+  newest global state its clients reached (``fed.catchup``: the clients of one Ray worker replay each
+  global update once, not once each). A Ray worker of the simulation engine and ``meerkat site serve``
+  keep one; a rebuild costs seconds (imports, model load, tokenization), a cached round costs the ZO steps.
 
 Node config keys (``flower-supernode --node-config '...'``): ``partition-id`` (int), ``partition-dir``,
 ``mask`` (a file, or ``all``), ``model`` (optional; default: what the server announces), ``device``
@@ -156,6 +157,7 @@ class SiteCache:
         self._data: dict[str, Any] = {}  # task name -> TaskData
         self._verified: set[tuple[str, str]] = set()  # (partition dir, task) checked against the data
         self._clients: dict[tuple[Any, ...], SiteClient] = {}
+        self.catch_up: Any = None  # fed.catchup.SharedCatchUp, made with the first client
 
     def _model(self, site: SiteConfig, setup: ClientSetup) -> tuple[Any, Any, Any]:
         key = (site.model or setup.model, site.mask, setup.mask_sha256, setup.dtype, site.device,
@@ -194,11 +196,14 @@ class SiteCache:
     def get(self, site: SiteConfig, setup: ClientSetup) -> SiteClient:
         """The site's client for ``setup``: built on first use (the same encodings as the in-process engine)."""
         from meerkat_core.encoding import encode_split
+        from meerkat_core.fed.catchup import SharedCatchUp
         from meerkat_core.fed.client import ClientRuntime, ZOClient
         from meerkat_core.fed.simulator import verify_train_partition
         from meerkat_core.partition import load_partition
         from meerkat_core.tasks import get_task
 
+        if self.catch_up is None:
+            self.catch_up = SharedCatchUp()
         loaded, coords, x0 = self._model(site, setup)
         key = (*site.data_key(), setup.task, setup.max_length, setup.batch_size, setup.loss, id(loaded))
         if key in self._clients:
