@@ -71,6 +71,8 @@ def _footer(rep: Any) -> list[str]:
     lines = [f"decision: {rep.outcome}" + (f" ({rep.reason})" if rep.reason else "")]
     if rep.warning():
         lines.append(f"[yellow]warning:[/] {escape(rep.warning() or '')}")
+    if rep.loss_warning:
+        lines.append(f"[yellow]warning:[/] {escape(rep.loss_warning)}")
     det = rep.detector()
     if det is not None:
         verdict = "exactly the single-label clients" if det["exact"] else (

@@ -111,6 +111,23 @@ def test_inspect_default_classifier_abstains_and_warns_on_a_short_calibration(pl
     assert "rho_later (>2)" in paper and "SHORT calibration (3 < 100 steps)" in paper
 
 
+def test_inspect_warns_in_table_json_and_plot_when_the_calibration_loss_rose(plain_run: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report carries ``rising_loss_warning``'s line: None on this 3-step round (too short to tell); when
+    the round's loss rose (stubbed here: the rule itself is tested in test_vp.py), a yellow warning line in
+    the table, ``loss_warning`` in the JSON and a banner in the plot."""
+    assert json.loads(run_cli("gradip", "inspect", str(plain_run), "--json").stdout)["loss_warning"] is None
+    from meerkat_core.gradip import report
+
+    monkeypatch.setattr(report, "rising_loss_warning", lambda trajs: f"the calibration loss rose for {len(trajs)} clients")
+    doc = json.loads(run_cli("gradip", "inspect", str(plain_run), "--json").stdout)
+    assert doc["loss_warning"] == "the calibration loss rose for 4 clients"
+    png = tmp_path / "rose.png"
+    table = run_cli("gradip", "inspect", str(plain_run), "--plot", str(png)).stdout
+    assert "warning: the calibration loss rose for 4 clients" in table
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_train_warns_when_the_calibration_is_shorter_than_the_classifier_needs(tiny_mask: Path, mixed_partition: Path,
                                                                                tmp_path: Path) -> None:
     out = tmp_path / "short"

@@ -216,3 +216,54 @@ def test_abstain_flags_nobody_and_every_client_keeps_its_budget(tiny_mask: Path,
     # 8 calibration steps: the run and the ledger warn that the classifier needs 100
     assert any(e.startswith("warning: --vp-calibration-steps 8 is shorter than the 100") for e in events)
     assert rec["short_calibration"] is True and "shorter than the 100" in rec["warning"]
+
+
+def _diverging_round(rising: int, clients: int = 6, steps: int = 40) -> SimpleNamespace:
+    """A calibration round's outcome: ``rising`` clients whose loss climbs 1.0 -> 2.0, the others' falls."""
+    out = []
+    for c in range(clients):
+        t = np.arange(steps)
+        loss = 1.0 + t / steps if c < rising else 1.0 - 0.5 * t / steps
+        gradip = list(10.0 * np.exp(-t / 10.0) + 0.1 * (c + 1))
+        out.append(SimpleNamespace(client=c, gradip=gradip, gs=[1.0] * steps, cosine=[0.0] * steps, losses=list(loss)))
+    return SimpleNamespace(clients=out)
+
+
+def test_rising_calibration_loss_is_warned_about_and_a_falling_one_is_not() -> None:
+    """Loss rising by over 10% for a third of the clients or more (at least 2): one warning line with the
+    count; fewer, a falling loss, or trajectories under 8 steps: none. NaN losses (skipped steps) are ignored."""
+    from meerkat_core.gradip.classify import rising_loss_warning
+
+    def trajs(rising: int, steps: int = 40) -> dict[int, Trajectory]:
+        return {o.client: Trajectory.from_lists(1, o.client, o.gradip, o.gs, o.cosine, o.losses)
+                for o in _diverging_round(rising, steps=steps).clients}
+
+    w = rising_loss_warning(trajs(2))
+    assert w is not None and "rose by over 10% for 2 of 6 clients" in w and "smaller --lr" in w
+    assert rising_loss_warning(trajs(1)) is None  # one client: not a third, and under 2
+    assert rising_loss_warning(trajs(0)) is None
+    assert rising_loss_warning(trajs(6, steps=7)) is None  # too short to tell
+    noisy = trajs(3)
+    noisy[0].loss[::3] = np.nan
+    assert "3 of 6 clients" in (rising_loss_warning(noisy) or "")
+    # a rise under 10%: not "rose"
+    flat = {c: Trajectory.from_lists(1, c, [1.0] * 40, loss=list(1.0 + 0.05 * np.arange(40) / 40)) for c in range(6)}
+    assert rising_loss_warning(flat) is None
+
+
+def test_vp_policy_warns_after_a_diverging_calibration_without_touching_the_ledger() -> None:
+    """The policy says it once, after round 1, through ``warnings()`` (which `train` prints); the ledger
+    record is the same set of keys as for a converging round, so runs written before resume unchanged."""
+    def policy() -> VPPolicy:
+        return VPPolicy(seed=0, clients_per_round=6, local_steps=2, calibration_steps=40, stopped_steps=1,
+                        classifier=make_classifier("rho"))
+
+    p = policy()
+    rec = p.on_round_complete(1, _diverging_round(3))
+    warnings = p.warnings()
+    assert len(warnings) == 1 and warnings[0].startswith("Meerkat-vp: the calibration loss rose by over 10% for 3 of 6")
+    assert p.warnings() == []  # said once
+    calm = policy()
+    calm_rec = calm.on_round_complete(1, _diverging_round(0))
+    assert calm.warnings() == [] and set(rec["vp"]) == set(calm_rec["vp"])
+    assert not any("loss" in k for k in rec["vp"])

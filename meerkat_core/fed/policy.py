@@ -23,6 +23,8 @@ class RoundPolicy(Protocol):
 
     def restore(self, round_records: dict[int, dict[str, Any]]) -> None: ...
 
+    def warnings(self) -> list[str]: ...  # about the round just completed; shown, not written to the ledger
+
 
 class UniformPolicy:
     """Sample ``clients_per_round`` clients uniformly (seeded by run seed and round); T steps each."""
@@ -46,3 +48,6 @@ class UniformPolicy:
 
     def restore(self, round_records: dict[int, dict[str, Any]]) -> None:
         return None
+
+    def warnings(self) -> list[str]:
+        return []

@@ -344,6 +344,8 @@ def _train_locked(
         commit_point(f"after:gradip:{r}")
         row = round_row(r, fed, outcome, wire, extra, time.perf_counter() - t0)
         decisions = fed.server.policy.on_round_complete(r, outcome)
+        for warning in fed.server.policy.warnings():
+            say(f"warning: {warning}")
         run.append_round(records, {"round": r, "state_crc": outcome.state_crc, **decisions,
                                    **{k: row[k] for k in ("steps", "skipped", "bytes_down", "bytes_up")}})
         commit_point(f"after:ledger:{r}")

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from meerkat_core.config.choices import VP_CONTROLS
 from meerkat_core.fed.policy import UniformPolicy
 from meerkat_core.config.train import TrainConfig
-from meerkat_core.gradip.classify import Classifier, Decision, classifier_from_settings
+from meerkat_core.gradip.classify import Classifier, Decision, classifier_from_settings, rising_loss_warning
 from meerkat_core.gradip.trajectories import Trajectory
 from meerkat_core.zo import derive_key
 
@@ -64,6 +64,7 @@ class VPPolicy:
         self.flagged: list[int] = []
         self.stopped: set[int] = set()
         self.decided = False
+        self._warnings: list[str] = []  # about the round just completed (not in the ledger: resume compares it)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, client_sizes: dict[int, int] | None = None) -> "VPPolicy":
@@ -97,6 +98,8 @@ class VPPolicy:
         self.flagged = list(decision.flagged)
         self.stopped = set(self.choose_stopped(self.flagged, sorted(trajs)))
         self.decided = True
+        loss = rising_loss_warning(trajs)
+        self._warnings = [f"Meerkat-vp: {loss}"] if loss else []
         return {"vp": self.decisions(decision)}
 
     def restore(self, round_records: dict[int, dict[str, Any]]) -> None:
@@ -106,6 +109,11 @@ class VPPolicy:
         self.flagged = [int(c) for c in rec["flagged"]]
         self.stopped = {int(c) for c in rec["stopped"]}
         self.decided = True
+
+    def warnings(self) -> list[str]:
+        """After the calibration round: ``rising_loss_warning`` when most clients' loss rose (then none)."""
+        out, self._warnings = self._warnings, []
+        return out
 
     # -- helpers
     def choose_stopped(self, flagged: list[int], clients: list[int]) -> list[int]:

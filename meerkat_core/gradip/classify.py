@@ -25,6 +25,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
+import numpy as np
+
 from meerkat_core.config.train import VPSettings
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.gradip.trajectories import Trajectory
@@ -39,6 +41,36 @@ def short_calibration_warning(steps: int, needed: int, classifier: str) -> str |
         return None
     return (f"calibration of {steps} steps is shorter than the {needed} the {classifier} classifier needs "
             "(docs/GRADIP.md): its decision is unreliable")
+
+
+LOSS_WINDOW_MIN_STEPS = 8  # fewer calibration steps: too short to tell a rising loss from noise
+LOSS_RISE = 1.10  # a client's loss "rose": its last quarter's mean above 1.1x its first quarter's
+LOSS_RISE_SHARE = 1 / 3  # warn when at least this share of the clients' loss rose (and at least 2)
+
+
+def rising_loss_warning(trajectories: Mapping[int, Trajectory]) -> str | None:
+    """One line when the calibration's local loss rose for many clients, else None.
+
+    Per client with at least ``LOSS_WINDOW_MIN_STEPS`` finite losses: the mean of the last quarter of its
+    steps against ``LOSS_RISE`` x the mean of the first quarter. Both classifiers read how |GradIP| decays
+    as a client's local training converges; when the loss rises instead for a third of the clients or
+    more (a step size too large for the task), that decay is not there and a decision is unreliable.
+    Seen on SmolLM2 (benchmarks/RESULTS.md section 11, 100 steps): sotu_era at lr 1e-4, 6 of 13 clients in
+    each of two seeds; sentiment3 at the same lr, none of 13 in three seeds.
+    """
+    rose = total = 0
+    for t in trajectories.values():
+        loss = t.loss[np.isfinite(t.loss)]
+        if loss.size < LOSS_WINDOW_MIN_STEPS:
+            continue
+        q = loss.size // 4
+        total += 1
+        rose += int(loss[-q:].mean() > LOSS_RISE * loss[:q].mean())
+    if total == 0 or rose < 2 or rose < LOSS_RISE_SHARE * total:
+        return None
+    return (f"the calibration loss rose by over {LOSS_RISE - 1:.0%} for {rose} of {total} clients (last quarter "
+            "of the steps against the first): local training diverges at this lr, so the |GradIP| decay "
+            "Meerkat-vp reads is not there and its decision is unreliable (try a smaller --lr)")
 
 
 @dataclass(frozen=True)

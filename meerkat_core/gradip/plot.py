@@ -57,9 +57,14 @@ def _round_panel(ax: Any, report: Report) -> None:
     ax.set_ylabel("|GradIP| (raw faint, moving average bold)")
     ax.set_title(f"round {report.round}, classified ({report.algorithm}, classifier {report.classifier['name']}: "
                  f"{report.outcome})", fontsize=10)
+    banners = []
     if report.short_calibration:
-        ax.text(0.5, 0.02, f"SHORT: {report.calibration_steps} steps < the {report.min_calibration_steps} the "
-                "classifier needs;\nits flags are not to be trusted", transform=ax.transAxes, ha="center",
+        banners.append(f"SHORT: {report.calibration_steps} steps < the {report.min_calibration_steps} the "
+                       "classifier needs;\nits flags are not to be trusted")
+    if report.loss_warning:
+        banners.append("LOSS ROSE for most clients: training diverges at this lr;\nthe decay read here is not there")
+    if banners:
+        ax.text(0.5, 0.02, "\n".join(banners), transform=ax.transAxes, ha="center",
                 va="bottom", fontsize=9, color="#b35900",
                 bbox={"facecolor": "#fff3e0", "edgecolor": "#b35900", "lw": 0.8})
 

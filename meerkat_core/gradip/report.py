@@ -9,7 +9,8 @@ one client is shown (the default classifier decides relative to the round's popu
 Beside the classified round, each shown client's history: its trajectory across every round it took
 part in (``ClientHistory``), so a plain run of a few local steps per round still shows a trend. When
 the classified round had fewer steps than the classifier needs (``min_calibration_steps``), the
-report says so (``short_calibration``, ``warning``).
+report says so (``short_calibration``, ``warning``); when most clients' calibration loss rose (a step
+size the task diverges at), it says that too (``loss_warning``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ import numpy as np
 
 from meerkat_core.config.train import TrainConfig
 from meerkat_core.errors import MeerkatInputError
-from meerkat_core.gradip.classify import Classifier, Decision, classifier_from_settings, short_calibration_warning
+from meerkat_core.gradip.classify import (
+    Classifier,
+    Decision,
+    classifier_from_settings,
+    rising_loss_warning,
+    short_calibration_warning,
+)
 from meerkat_core.gradip.trajectories import RunTrajectories, Trajectory, load_trajectories
 from meerkat_core.partition import load_partition
 from meerkat_core.rundir import RunDir
@@ -106,6 +113,7 @@ class Report:
     calibration_steps: int = 0
     min_calibration_steps: int = 0
     notes: list[str] = field(default_factory=list)
+    loss_warning: str | None = None  # classify.rising_loss_warning: most clients' calibration loss rose
 
     @property
     def short_calibration(self) -> bool:
@@ -160,6 +168,7 @@ class Report:
             "outcome": self.outcome, "reason": self.reason, "population": self.population,
             "calibration_steps": self.calibration_steps, "min_calibration_steps": self.min_calibration_steps,
             "short_calibration": self.short_calibration, "warning": self.warning(),
+            "loss_warning": self.loss_warning,
             "detector": self.detector(), "notes": self.notes,
             "clients": [asdict(r) for r in self.rows],
         }
@@ -257,6 +266,7 @@ def build_report(run_dir: str | Path, round_: int | None = None, client: int | N
         partition=str(manifest.path) if manifest is not None else None, outcome=outcome, reason=reason,
         population=decision.population, calibration_steps=decision.calibration_steps,
         min_calibration_steps=decision.min_calibration_steps, notes=notes,
+        loss_warning=rising_loss_warning(items),
     )
     if report.warning():
         notes.insert(0, report.warning() or "")
