@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     mask = args.mask
     if mask is None and args.quick:
         mask = str(_common.ensure_mask(out / "tiny.mask", args.model))
+    from meerkat_core.gradip import Trajectory
+
     if mask is None:
         raise SystemExit("--mask is required (make one with `meerkat mask --model MODEL --out FILE`)")
     runs = []
@@ -236,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{runs[-1]['key']}: {runs[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
     if args.runs_only:
         return 0
+    from meerkat_core.gradip.classify import rising_loss_warning
+
+    for r in runs:  # whether each calibration converged: a run whose loss rose is no fair test of a classifier
+        warning = rising_loss_warning({int(c): Trajectory.from_lists(1, int(c), v["gradip"], loss=v["loss"])
+                                       for c, v in r["clients"].items()})
+        r["loss_warning"] = warning
+        print(f"{r['key']}: {'LOSS ROSE: ' + warning if warning else 'calibration loss fell'}", file=sys.stderr)
     pops = [p for r in runs for p in populations(r, args.population)]
     scores = [score(p, name, t) for p in pops for name in args.classifiers for t in args.score_steps]
     rows = summarize(scores)
