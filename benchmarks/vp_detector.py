@@ -227,8 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     mask = args.mask
     if mask is None and args.quick:
         mask = str(_common.ensure_mask(out / "tiny.mask", args.model))
-    from meerkat_core.gradip import Trajectory
-
     if mask is None:
         raise SystemExit("--mask is required (make one with `meerkat mask --model MODEL --out FILE`)")
     runs = []
@@ -238,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{runs[-1]['key']}: {runs[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
     if args.runs_only:
         return 0
+    from meerkat_core.gradip import Trajectory
     from meerkat_core.gradip.classify import rising_loss_warning
 
     for r in runs:  # whether each calibration converged: a run whose loss rose is no fair test of a classifier

@@ -128,6 +128,29 @@ def test_inspect_warns_in_table_json_and_plot_when_the_calibration_loss_rose(pla
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_train_prints_the_rising_loss_warning_and_keeps_it_out_of_the_ledger(
+        tiny_mask: Path, mixed_partition: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`meerkat train --algorithm meerkat-vp`: when the calibration's loss rose (stubbed: the rule is tested
+    in test_vp.py) the run prints one warning line after round 1, and its ledger holds the same round-1
+    keys as a run without it (resume compares that record)."""
+    from meerkat_core.fed import vp
+
+    def train(out: Path) -> tuple[str, dict]:
+        proc = run_cli("train", "--model", "tiny-llama", "--mask", str(tiny_mask), "--partition", str(mixed_partition),
+                       "--task", "sentiment2", "--rounds", "1", "--batch-size", "2", "--eval-limit", "4", "--device",
+                       "cpu", "--algorithm", "meerkat-vp", "--vp-calibration-steps", "4", "--vp-param",
+                       "min_calibration_steps=4", "--out", str(out))
+        ledger = [json.loads(ln) for ln in (out / "ledger.jsonl").read_text().splitlines()]
+        return proc.stderr, next(r for r in ledger if r["type"] == "round")["vp"]
+
+    calm_err, calm = train(tmp_path / "calm")
+    assert "warning" not in calm_err
+    monkeypatch.setattr(vp, "rising_loss_warning", lambda trajs: f"the calibration loss rose for {len(trajs)} clients")
+    err, rec = train(tmp_path / "rose")
+    assert err.count("warning: Meerkat-vp: the calibration loss rose for 4 clients") == 1
+    assert set(rec) == set(calm) and rec["flagged"] == calm["flagged"]
+
+
 def test_train_warns_when_the_calibration_is_shorter_than_the_classifier_needs(tiny_mask: Path, mixed_partition: Path,
                                                                                tmp_path: Path) -> None:
     out = tmp_path / "short"

@@ -111,7 +111,7 @@ class VPPolicy:
         self.decided = True
 
     def warnings(self) -> list[str]:
-        """After the calibration round: ``rising_loss_warning`` when most clients' loss rose (then none)."""
+        """After the calibration round: ``rising_loss_warning``'s line when it fires (then none until the next)."""
         out, self._warnings = self._warnings, []
         return out
 

@@ -100,9 +100,8 @@ def train(msg: Message, context: Context) -> Message:
     shared = _site_cache().catch_up
     reply, _ = client.run_round(instr, built.runtime, known_state=shared.state_for(context.run_id, instr))
     synced, state = client.sync_state()
-    if state is not None:
-        shared.record(context.run_id, instr, state)
     context.state[STATE] = ConfigRecord({"synced_round": synced})
     if state is not None:
+        shared.record(context.run_id, instr, state)
         context.state[STATE_VECTOR] = ArrayRecord({"x": Array(state.detach().cpu().numpy())})
     return Message(reply_to_content(reply), reply_to=msg)

@@ -157,7 +157,16 @@ class SiteCache:
         self._data: dict[str, Any] = {}  # task name -> TaskData
         self._verified: set[tuple[str, str]] = set()  # (partition dir, task) checked against the data
         self._clients: dict[tuple[Any, ...], SiteClient] = {}
-        self.catch_up: Any = None  # fed.catchup.SharedCatchUp, made with the first client
+        self._catch_up: Any = None  # fed.catchup.SharedCatchUp (``catch_up``)
+
+    @property
+    def catch_up(self) -> Any:
+        """This process's ``fed.catchup.SharedCatchUp``, made on first use (torch loads lazily here)."""
+        if self._catch_up is None:
+            from meerkat_core.fed.catchup import SharedCatchUp
+
+            self._catch_up = SharedCatchUp()
+        return self._catch_up
 
     def _model(self, site: SiteConfig, setup: ClientSetup) -> tuple[Any, Any, Any]:
         key = (site.model or setup.model, site.mask, setup.mask_sha256, setup.dtype, site.device,
@@ -196,14 +205,11 @@ class SiteCache:
     def get(self, site: SiteConfig, setup: ClientSetup) -> SiteClient:
         """The site's client for ``setup``: built on first use (the same encodings as the in-process engine)."""
         from meerkat_core.encoding import encode_split
-        from meerkat_core.fed.catchup import SharedCatchUp
         from meerkat_core.fed.client import ClientRuntime, ZOClient
         from meerkat_core.fed.simulator import verify_train_partition
         from meerkat_core.partition import load_partition
         from meerkat_core.tasks import get_task
 
-        if self.catch_up is None:
-            self.catch_up = SharedCatchUp()
         loaded, coords, x0 = self._model(site, setup)
         key = (*site.data_key(), setup.task, setup.max_length, setup.batch_size, setup.loss, id(loaded))
         if key in self._clients:

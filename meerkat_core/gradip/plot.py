@@ -62,7 +62,7 @@ def _round_panel(ax: Any, report: Report) -> None:
         banners.append(f"SHORT: {report.calibration_steps} steps < the {report.min_calibration_steps} the "
                        "classifier needs;\nits flags are not to be trusted")
     if report.loss_warning:
-        banners.append("LOSS ROSE for most clients: training diverges at this lr;\nthe decay read here is not there")
+        banners.append("LOSS ROSE for a third of the clients or more: training diverges at this lr;\nthe decay read here is not there")
     if banners:
         ax.text(0.5, 0.02, "\n".join(banners), transform=ax.transAxes, ha="center",
                 va="bottom", fontsize=9, color="#b35900",

@@ -9,8 +9,8 @@ one client is shown (the default classifier decides relative to the round's popu
 Beside the classified round, each shown client's history: its trajectory across every round it took
 part in (``ClientHistory``), so a plain run of a few local steps per round still shows a trend. When
 the classified round had fewer steps than the classifier needs (``min_calibration_steps``), the
-report says so (``short_calibration``, ``warning``); when most clients' calibration loss rose (a step
-size the task diverges at), it says that too (``loss_warning``).
+report says so (``short_calibration``, ``warning``); when the calibration loss rose for a third of the
+clients or more (a step size the task diverges at), it says that too (``loss_warning``).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class Report:
     calibration_steps: int = 0
     min_calibration_steps: int = 0
     notes: list[str] = field(default_factory=list)
-    loss_warning: str | None = None  # classify.rising_loss_warning: most clients' calibration loss rose
+    loss_warning: str | None = None  # classify.rising_loss_warning: the calibration loss rose for many clients
 
     @property
     def short_calibration(self) -> bool:

@@ -34,7 +34,7 @@ CPU, libgomp's active waiting (the default) makes such kernel sequences 10-100x 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -364,7 +364,7 @@ def normal(
 
 
 def normal_many(
-    keys: "list[int] | tuple[int, ...]",
+    keys: Sequence[int],
     count: int,
     offset: int = 0,
     device: torch.device | str | None = None,
