@@ -146,3 +146,19 @@ def test_nested_groups_become_dotted_keys() -> None:
 
 def test_app_dir_matches_the_repository_layout() -> None:
     assert APP_DIR == Path(__file__).resolve().parents[1] / "flower_app"
+
+
+def test_simulation_workers_get_the_cpus_torch_would_use() -> None:
+    """Ray sets a worker's OMP_NUM_THREADS to the CPUs it was given: one CPU per worker ran torch on one
+    thread in the simulation while the in-process engine used all of them."""
+    from meerkat_core.flower.deployment import simulation_config
+
+    def parts(cfg: str) -> dict[str, str]:
+        return dict(p.split("=", 1) for p in cfg.split())
+
+    one = parts(simulation_config(100, 1, "cpu", threads=2))
+    assert (one["num-supernodes"], one["init-args-num-cpus"], one["client-resources-num-cpus"]) == ("100", "2", "2")
+    three = parts(simulation_config(10, 3, "cpu", threads=16))
+    assert (three["init-args-num-cpus"], three["client-resources-num-cpus"]) == ("15", "5")
+    many = parts(simulation_config(10, 4, "cpu", threads=2))  # more workers than threads: one CPU each
+    assert (many["init-args-num-cpus"], many["client-resources-num-cpus"]) == ("4", "1")

@@ -241,10 +241,21 @@ class LocalFlower:
             shutil.rmtree(self.sockets, ignore_errors=True)
 
 
-def simulation_config(num_supernodes: int, workers: int, device: str) -> str:
-    """``flwr run --federation-config``: N virtual SuperNodes on ``workers`` Ray workers (one CPU each)."""
-    parts = [f"num-supernodes={num_supernodes}", f"init-args-num-cpus={workers}", "client-resources-num-cpus=1",
-             "init-args-log-to-driver=true"]
+def simulation_config(num_supernodes: int, workers: int, device: str, threads: int | None = None) -> str:
+    """``flwr run --federation-config``: N virtual SuperNodes on ``workers`` Ray workers.
+
+    Each worker is given ``threads // workers`` CPUs (``threads``: torch's intra-op thread count here, what
+    the in-process engine would use). Ray sets a worker's ``OMP_NUM_THREADS`` to the CPUs it was given
+    unless the variable is already set, so with one CPU per worker torch inside it ran on one thread
+    while the in-process engine ran on all of them.
+    """
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    per_worker = max(1, threads // max(1, workers))
+    parts = [f"num-supernodes={num_supernodes}", f"init-args-num-cpus={per_worker * workers}",
+             f"client-resources-num-cpus={per_worker}", "init-args-log-to-driver=true"]
     if device != "cpu":
         import torch
 
