@@ -12,7 +12,9 @@ Arms (each a full ``meerkat train`` run through ``meerkat_core.engines.run_engin
 A round's time is ``metrics.jsonl``'s ``seconds`` (the server's whole round: plan, messages, client
 work, replay, GradIP, ledger). Round 1 includes the handshake (sites build their clients) and the last
 round the final evaluation, so "steady" is the median of rounds 2 .. R-1. Arms run one after another
-in this order (an in-process arm right before the Flower arm it is compared with).
+in this order (an in-process arm right before the Flower arm it is compared with); the in-process arm of
+``sim-100`` (a ratio target) runs again right after it, and the ratio is taken against the steady rounds
+of both in-process runs pooled, so a drift of the machine's speed between runs does not fall on one side.
 
     python benchmarks/flower_latency.py --out DIR [--arms ...] [--rounds 8] [--json FILE]
     python benchmarks/flower_latency.py --quick       # tiny arms only, 4 rounds (a few minutes)
@@ -42,6 +44,26 @@ ARMS: dict[str, dict[str, Any]] = {
     "sim-100": dict(engine="flower-sim", model="tiny-llama", clients=100, per_round=10),
 }
 TARGETS = {"deploy-tiny": ("s", 8.0), "deploy-smollm2": ("s", 12.0), "sim-100": ("x inproc-100", 2.0)}
+
+
+PAIRS = (("deploy-tiny", "inproc-3"), ("deploy-smollm2", "inproc-smollm2"), ("sim-100", "inproc-100"))
+BRACKETED = {"sim-100": "inproc-100"}  # a ratio target: its in-process arm runs before and again after it
+
+
+def run_order(arms: list[str]) -> list[str]:
+    """``arms`` in order, each ratio-target arm followed by a second run of its in-process arm."""
+    order = []
+    for name in arms:
+        order.append(name)
+        base = BRACKETED.get(name)
+        if base in arms:
+            order.append(base)
+    return order
+
+
+def steady_rounds(seconds: list[float]) -> list[float]:
+    """Rounds 2 .. R-1 (round 1 holds the handshake, the last the final evaluation)."""
+    return seconds[1:-1] if len(seconds) > 2 else seconds
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,7 +102,7 @@ def run_arm(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
     rows = [m for m in RunDir(run).read_metrics() if m.get("round", 0) > 0]
     seconds = [float(m["seconds"]) for m in rows]
-    steady = seconds[1:-1] if len(seconds) > 2 else seconds
+    steady = steady_rounds(seconds)
     return {"arm": name, **arm, "rounds": args.rounds, "local_steps": args.local_steps, "run": str(run),
             "round_seconds": seconds, "steady_median_s": statistics.median(steady), "steady_min_s": min(steady),
             "first_round_s": seconds[0], "wall_s": wall, "final_state_crc": summary["final_state_crc"]}
@@ -91,14 +113,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"benchmark": "flower_latency", "machine": machine(), "command": " ".join(sys.argv),
                            "runs": []}
-    for name in args.arms:
+    for name in run_order(args.arms):
         print(f"{name} ...", file=sys.stderr)
         doc["runs"].append(run_arm(args, name))
-    by = {r["arm"]: r for r in doc["runs"]}
-    for arm, base in (("deploy-tiny", "inproc-3"), ("deploy-smollm2", "inproc-smollm2"), ("sim-100", "inproc-100")):
-        if arm in by and base in by:
-            by[arm]["vs_inprocess"] = by[arm]["steady_median_s"] / by[base]["steady_median_s"]
-            by[arm]["same_bits_as_inprocess"] = by[arm]["final_state_crc"] == by[base]["final_state_crc"]
+    runs_of: dict[str, list[dict[str, Any]]] = {}
+    for r in doc["runs"]:
+        runs_of.setdefault(r["arm"], []).append(r)
+    for arm, base in PAIRS:
+        if arm in runs_of and base in runs_of:
+            # the in-process rounds of every run of the base arm (before and after the Flower arm, for the
+            # ratio), pooled: a machine whose speed drifts between the runs moves both sides alike
+            pooled = [s for b in runs_of[base] for s in steady_rounds(b["round_seconds"])]
+            for r in runs_of[arm]:
+                r["inprocess_steady_median_s"] = statistics.median(pooled)
+                r["inprocess_runs"] = len(runs_of[base])
+                r["vs_inprocess"] = r["steady_median_s"] / r["inprocess_steady_median_s"]
+                r["same_bits_as_inprocess"] = all(r["final_state_crc"] == b["final_state_crc"] for b in runs_of[base])
     print(f"\n{'arm':<16} {'engine':<11} {'clients':>7} {'steady s':>9} {'min s':>7} {'round 1 s':>9} "
           f"{'x inproc':>8}  target")
     for r in doc["runs"]:

@@ -367,3 +367,13 @@ def test_sotu_era_task_file_loads(tmp_path: Path) -> None:
     assert len(task.label_names) == 4
     for ds in (data.train, data.test):
         assert sorted(set(int(x) for x in ds["label"])) == [0, 1, 2, 3]
+
+
+def test_flower_latency_brackets_the_simulation_with_in_process_runs() -> None:
+    """The ratio arm's in-process baseline runs before and after it (no flwr needed to plan the order)."""
+    mod = load("flower_latency")
+    assert mod.run_order(["inproc-3", "deploy-tiny", "inproc-100", "sim-100"]) == [
+        "inproc-3", "deploy-tiny", "inproc-100", "sim-100", "inproc-100"]
+    assert mod.run_order(["sim-100"]) == ["sim-100"]  # no in-process arm asked for: no extra run
+    assert mod.steady_rounds([9.0, 1.0, 2.0, 5.0]) == [1.0, 2.0]
+    assert mod.steady_rounds([3.0, 4.0]) == [3.0, 4.0]
