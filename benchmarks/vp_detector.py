@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 TUNING_TASK = "sentiment2"
-CLASSIFIERS = ("population", "rho")
+CLASSIFIERS = ("loss", "population", "rho")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,7 +134,8 @@ def trajectories(run: dict[str, Any], steps: int, ids: dict[int, dict[str, Any]]
     from meerkat_core.gradip import Trajectory
 
     clients = ids if ids is not None else {int(c): v for c, v in run["clients"].items()}
-    return {c: Trajectory.from_lists(1, c, v["gradip"][:steps], v["g"][:steps]) for c, v in sorted(clients.items())}
+    return {c: Trajectory.from_lists(1, c, v["gradip"][:steps], v["g"][:steps], loss=v["loss"][:steps])
+            for c, v in sorted(clients.items())}
 
 
 def populations(run: dict[str, Any], size: int) -> list[dict[str, Any]]:

@@ -97,10 +97,10 @@ def test_inspect_default_classifier_abstains_and_warns_on_a_short_calibration(pl
     """The default classifier on 4 clients of 3 steps: it abstains (too few clients to compare), and the
     table, the JSON and the plot say that 3 steps are fewer than the 100 it needs."""
     doc = json.loads(run_cli("gradip", "inspect", str(plain_run), "--json").stdout)
-    assert doc["classifier"]["name"] == "population" and doc["classifier"]["min_calibration_steps"] == 100
+    assert doc["classifier"]["name"] == "loss" and doc["classifier"]["min_calibration_steps"] == 100
     assert doc["outcome"] == "abstained" and doc["flagged"] == [] and "at least 5" in doc["reason"]
     assert doc["short_calibration"] is True and doc["calibration_steps"] == 3
-    assert "calibration of 3 steps is shorter than the 100 the population classifier needs" in doc["warning"] and doc["warning"] in doc["notes"]
+    assert "calibration of 3 steps is shorter than the 100 the loss classifier needs" in doc["warning"] and doc["warning"] in doc["notes"]
     assert all(set(c["margins"]) == {"z", "drop"} for c in doc["clients"])
     png = tmp_path / "short.png"
     table = run_cli("gradip", "inspect", str(plain_run), "--plot", str(png)).stdout
@@ -157,7 +157,7 @@ def test_train_warns_when_the_calibration_is_shorter_than_the_classifier_needs(t
     proc = run_cli("train", "--model", "tiny-llama", "--mask", str(tiny_mask), "--partition", str(mixed_partition),
                    "--task", "sentiment2", "--rounds", "1", "--batch-size", "2", "--eval-limit", "4", "--device", "cpu",
                    "--algorithm", "meerkat-vp", "--vp-calibration-steps", "4", "--out", str(out))
-    assert "warning: --vp-calibration-steps 4 is shorter than the 100 steps the population classifier needs" in proc.stderr
+    assert "warning: --vp-calibration-steps 4 is shorter than the 100 steps the loss classifier needs" in proc.stderr
     ledger = [json.loads(ln) for ln in (out / "ledger.jsonl").read_text().splitlines()]
     vp = next(r for r in ledger if r["type"] == "round")["vp"]
     assert vp["short_calibration"] is True and vp["min_calibration_steps"] == 100 and vp["flagged"] == []
@@ -168,7 +168,7 @@ def test_train_warns_when_the_calibration_is_shorter_than_the_classifier_needs(t
     assert "warning" not in quiet.stderr
     bad = run_cli("train", "--model", "tiny-llama", "--mask", str(tiny_mask), "--partition", str(mixed_partition),
                   "--algorithm", "meerkat-vp", "--vp-param", "zflag=3", "--out", str(tmp_path / "bad"), check=False)
-    assert bad.returncode == 2 and "--vp-param zflag: classifier population has no such parameter" in bad.stderr
+    assert bad.returncode == 2 and "--vp-param zflag: classifier loss has no such parameter" in bad.stderr
     assert not (tmp_path / "bad").exists()
 
 
@@ -207,7 +207,7 @@ def test_inspect_shows_each_client_across_its_rounds_and_a_short_calibration(pla
         assert h["round_means"] == pytest.approx([sum(c["abs_gradip"]) / 3, sum(r2[c["client"]]["abs_gradip"]) / 3])
         assert len(h["sparkline"]) == 2
     assert doc["calibration_steps"] == 3 and doc["min_calibration_steps"] == 100 and doc["short_calibration"]
-    assert "calibration of 3 steps is shorter than the 100 the population classifier needs" in doc["warning"]
+    assert "calibration of 3 steps is shorter than the 100 the loss classifier needs" in doc["warning"]
     assert doc["notes"][0] == doc["warning"]
     table = run_cli("gradip", "inspect", str(plain_run), "--plot", str(tmp_path / "t.png"))
     assert "steps (needs 100)" in table.stdout and "3 (short)" in table.stdout and "warning: short calibration: calibration of 3 steps" in table.stdout

@@ -95,3 +95,43 @@ def test_params_are_validated() -> None:
     with pytest.raises(MeerkatInputError, match="min_clients"):
         make_classifier("population", explicit={"min_clients": "2"})
     assert make_classifier("population", explicit={"z_flag": "6"}).thresholds()["z"] == 6.0
+
+
+def loss_round(rng: np.random.Generator, n: int = 10, extreme: dict[int, float] | None = None, spread: float = 0.08,
+               steps: int = STEPS) -> dict[int, Trajectory]:
+    """A synthetic calibration round of local losses shaped like SmolLM2's on sentiment2 (RESULTS section
+    11): an IID client's batch loss ~ 0.6 x a level spread x a shared slow fall x log-normal batch noise;
+    ``extreme[c] = f``: client c's loss collapses to f times an IID client's (it learns its one label)."""
+    t = np.arange(steps)
+    shared = 0.85 + 0.15 * np.exp(-t / 20)
+    out = {}
+    for c in range(n):
+        curve = 0.6 * math.exp(spread * rng.standard_normal()) * shared
+        if extreme and c in extreme:
+            curve = curve * (extreme[c] + (1 - extreme[c]) * np.exp(-t / 15))
+        loss = curve * np.exp(0.5 * rng.standard_normal(steps) - 0.125)
+        gradip = rng.standard_normal(steps)  # the loss rule does not read it
+        out[c] = Trajectory.from_lists(1, c, list(gradip), list(np.abs(gradip)), loss=list(loss))
+    return out
+
+
+def test_loss_rule_flags_collapsed_losses_and_nobody_on_iid_rounds() -> None:
+    rng = np.random.default_rng(5)
+    clf = make_classifier("loss")
+    assert clf.thresholds() == {"z": 4.0, "drop": 3.0} and clf.min_calibration_steps == 100
+    for ext in ({4: 0.12}, {1: 0.15, 7: 0.1}, {0: 0.12, 5: 0.15, 8: 0.2}):
+        d = clf.classify(loss_round(rng, extreme=ext))
+        assert d.outcome == "flagged" and d.flagged == sorted(ext), (ext, d.reason)
+        assert all(d.margins[c]["drop"] > 1 for c in ext) and all(d.margins[c]["drop"] < 1 for c in range(10) if c not in ext)
+        assert set(d.stats[4]) >= {"loss_later", "log_level", "mean_later", "rho_later"}  # mean_later stays |GradIP|'s
+    iid = [clf.classify(loss_round(rng, spread=rng.uniform(0.0, 0.15))) for _ in range(300)]
+    assert all(d.flagged == [] for d in iid)
+
+
+def test_loss_rule_abstains_on_a_partial_collapse() -> None:
+    """A client whose loss fell to half the others': below them, clearly, but not the 3x asked: nobody flagged."""
+    rng = np.random.default_rng(6)
+    clf = make_classifier("loss")
+    rounds = [clf.classify(loss_round(rng, extreme={3: 0.5})) for _ in range(20)]
+    assert all(d.flagged == [] for d in rounds)
+    assert sum(d.outcome == "abstained" and "drop" in d.reason for d in rounds) >= 15

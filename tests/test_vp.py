@@ -90,15 +90,30 @@ def test_config_validates_the_vp_options() -> None:
                        ({"vp_initial_frac": 0.6, "vp_later_frac": 0.6}, "--vp-initial-frac"),
                        ({"vp_rho_quie": 1.5}, "--vp-rho-quie"), ({"mask": "all"}, "sparse mask"),
                        ({"vp_params": "z_flag=x"}, "--vp-param z_flag=x"), ({"vp_params": "z_flag"}, "KEY=VALUE"),
-                       ({"vp_params": "rho_later=3"}, "--vp-param rho_later: classifier population has no")):
+                       ({"vp_params": "rho_later=3"}, "--vp-param rho_later: classifier loss has no")):
         with pytest.raises(MeerkatInputError, match=match):
             check_config(TrainConfig.from_dict({**base, **bad}))
     policy = VPPolicy.from_config(TrainConfig.from_dict({**base, "vp_classifier": "rho", "vp_rho_later": 4.0,
                                                          "vp_control": "random"}))
     assert policy.classifier.thresholds()["rho_later"] == 4.0 and policy.control == "random"
     policy = VPPolicy.from_config(TrainConfig.from_dict({**base, "vp_params": "z_flag=6, gap_min=1"}))
-    assert policy.classifier.name == "population" and policy.classifier.thresholds()["z"] == 6.0
+    assert policy.classifier.name == "loss" and policy.classifier.thresholds()["z"] == 6.0
     assert policy.classifier.params()["gap_min"] == 1.0
+
+
+def test_calibration_warnings_before_training() -> None:
+    """Said before the first round: a calibration shorter than the classifier needs, and the loss
+    classifier on the LM loss (its thresholds were set on the classification loss)."""
+    from meerkat_core.fed.vp import calibration_warnings
+
+    base = dict(model="m", mask="x.mask", partition="p", task="sentiment2", out="o", algorithm="meerkat-vp")
+    assert calibration_warnings(TrainConfig.from_dict(base)) == []
+    assert calibration_warnings(TrainConfig.from_dict({**base, "algorithm": "meerkat", "loss": "lm"})) == []
+    short_lm = calibration_warnings(TrainConfig.from_dict({**base, "vp_calibration_steps": 30, "loss": "lm"}))
+    assert len(short_lm) == 2
+    assert short_lm[0].startswith("--vp-calibration-steps 30 is shorter than the 100 steps the loss classifier needs")
+    assert "--loss lm" in short_lm[1] and "--vp-classifier rho" in short_lm[1]
+    assert calibration_warnings(TrainConfig.from_dict({**base, "loss": "lm", "vp_classifier": "rho"})) == []
 
 
 # -- real (tiny) runs ----------------------------------------------------------------------------
@@ -185,6 +200,9 @@ def test_nobody_is_flagged_on_an_all_iid_split(tiny_mask: Path, iid_partition: P
     assert rec["classifier"] == "population" and rec["outcome"] != "flagged" and rec["flagged"] == rec["stopped"] == []
     assert len(rec["stats"]) == 5 and rec["warning"] is None and rec["short_calibration"] is False
     assert all(m["z"] < 0.75 for m in rec["margins"].values())  # z at most 3/4 of the flag threshold
+    loss = make_classifier("loss").classify(load_trajectories(out).for_round(1))  # the default, same trajectories
+    print(loss.outcome, {c: (round(m["z"], 2), round(m["drop"], 2)) for c, m in loss.margins.items()})
+    assert loss.flagged == [] and all(m["drop"] < 1 for m in loss.margins.values())
     rho = make_classifier("rho").classify(load_trajectories(out).for_round(1))
     print({c: (round(s["rho_later"], 3), round(s["rho_quie"], 3)) for c, s in rho.stats.items()})
     assert rho.flagged == [] and rho.thresholds == {"rho_later": 2.0, "rho_quie": 0.5}  # the documented defaults
@@ -193,7 +211,8 @@ def test_nobody_is_flagged_on_an_all_iid_split(tiny_mask: Path, iid_partition: P
         assert stats["rho_later"] < 0.75 * 2.0 and stats["rho_quie"] < 0.8 * 0.5
 
 
-def test_abstain_flags_nobody_and_every_client_keeps_its_budget(tiny_mask: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("classifier", ["loss", "population"])
+def test_abstain_flags_nobody_and_every_client_keeps_its_budget(tiny_mask: Path, tmp_path: Path, classifier: str) -> None:
     """When the separation is not clear the default classifier abstains: nobody flagged or stopped, the
     ledger says why, and every later round gives every client its full local steps. (z_none=0: any
     client below the others that is not clearly separated makes it abstain instead of saying "none".)"""
@@ -205,7 +224,7 @@ def test_abstain_flags_nobody_and_every_client_keeps_its_budget(tiny_mask: Path,
     out = tmp_path / "abstain"
     events: list[str] = []
     run_training(_cfg(tiny_mask, part, out, rounds=2, clients_per_round=6, vp_calibration_steps=8,
-                      vp_classifier="population", vp_params={"z_none": "0", "z_flag": "1000"}), on_event=events.append)
+                      vp_classifier=classifier, vp_params={"z_none": "0", "z_flag": "1000"}), on_event=events.append)
     ledger = _ledger(out)
     rec = next(r for r in ledger if r["type"] == "round" and r["round"] == 1)["vp"]
     assert rec["outcome"] == "abstained" and rec["flagged"] == rec["stopped"] == []

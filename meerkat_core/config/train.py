@@ -52,9 +52,9 @@ class VPSettings:
 
     calibration_steps: int = setting(100, help="Meerkat-vp: steps per client in the calibration round.")
     stopped_steps: int = setting(1, help="Meerkat-vp: steps per round for flagged clients.")
-    classifier: str = setting("population", help="Meerkat-vp: classifier of the calibration round: population (each "
-                              "client against the round's others; abstains when unclear), rho (the paper's "
-                              "thresholds), none (docs/GRADIP.md).")
+    classifier: str = setting("loss", help="Meerkat-vp: classifier of the calibration round: loss (each client's "
+                              "later-phase local loss against the round's others; abstains when unclear), population "
+                              "(the same on |GradIP|), rho (the paper's thresholds), none (docs/GRADIP.md).")
     initial_frac: float = setting(0.3, help="Meerkat-vp: initial phase = this share of the first calibration steps.")
     later_frac: float = setting(0.5, help="Meerkat-vp: later phase = this share of the last calibration steps.")
     quiet_factor: float = setting(0.3, help="Meerkat-vp: quiet level sigma = this x mean |GradIP| of the initial phase.")

@@ -31,7 +31,7 @@ from meerkat_core.errors import MeerkatInputError
 from meerkat_core.faults import commit_point
 from meerkat_core.fed.server import RoundOutcome
 from meerkat_core.fed.state import state_crc
-from meerkat_core.fed.vp import calibration_warning
+from meerkat_core.fed.vp import calibration_warnings
 from meerkat_core.fed.simulator import (
     Federation,
     build_federation,
@@ -318,8 +318,7 @@ def _train_locked(
         done, metrics, gradip = 0, [], GradipLog()
     # said once every input was checked: a refused --resume prints its error line alone
     say(f"dtype {cfg.dtype} ({dtype_reason})")
-    warning = calibration_warning(cfg)
-    if warning:
+    for warning in calibration_warnings(cfg):
         say(f"warning: {warning}")
     run.write_config(cfg, fed.provenance)
     commit_point("after:config")

@@ -1,7 +1,7 @@
 """GradIP (METHOD.md sections 4-5), one home for it: the per-step computation (``compute``), the
 file and its columns (``file``), a run's trajectories (``trajectories``), their statistics (``stats``),
-the registry of Meerkat-vp's classifiers (``classify``; built in: ``population``, the default, in
-``population``; ``rho``, the paper's rule, and ``none`` in ``rho``), an independent recomputation from
+the registry of Meerkat-vp's classifiers (``classify``; built in: ``loss``, the default, and
+``population`` in ``population``; ``rho``, the paper's rule, and ``none`` in ``rho``), an independent recomputation from
 the ledger (``recompute``), and the inspect report and plot (``report``, ``plot``).
 
 Only the light modules are re-exported here (numpy, no torch): ``meerkat --help`` lists the classifiers.
@@ -23,7 +23,7 @@ from meerkat_core.gradip.classify import (
     register_classifier,
 )
 from meerkat_core.gradip.file import COLUMNS, GRADIP_FILE
-from meerkat_core.gradip.population import PopulationClassifier, PopulationParams
+from meerkat_core.gradip.population import LossClassifier, LossParams, PopulationClassifier, PopulationParams
 from meerkat_core.gradip.rho import DecayParams, NeverClassifier, RhoClassifier, RhoParams
 from meerkat_core.gradip.stats import decay_statistics, later_level, median_mad, phase_slices
 from meerkat_core.gradip.trajectories import RunTrajectories, Trajectory, load_trajectories
@@ -32,6 +32,8 @@ __all__ = [
     "COLUMNS",
     "DEFAULT_CLASSIFIER",
     "GRADIP_FILE",
+    "LossClassifier",
+    "LossParams",
     "Classifier",
     "DecayParams",
     "Decision",
