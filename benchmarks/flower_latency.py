@@ -47,7 +47,8 @@ TARGETS = {"deploy-tiny": ("s", 8.0), "deploy-smollm2": ("s", 12.0), "sim-100": 
 
 
 PAIRS = (("deploy-tiny", "inproc-3"), ("deploy-smollm2", "inproc-smollm2"), ("sim-100", "inproc-100"))
-BRACKETED = {"sim-100": "inproc-100"}  # a ratio target: its in-process arm runs before and again after it
+# an arm with a ratio target: its in-process arm runs before and again after it
+BRACKETED = {arm: base for arm, base in PAIRS if TARGETS.get(arm, ("",))[0].startswith("x")}
 
 
 def run_order(arms: list[str]) -> list[str]:

@@ -249,16 +249,14 @@ def simulation_config(num_supernodes: int, workers: int, device: str, threads: i
     unless the variable is already set, so with one CPU per worker torch inside it ran on one thread
     while the in-process engine ran on all of them.
     """
-    if threads is None:
-        import torch
+    import torch
 
+    if threads is None:
         threads = torch.get_num_threads()
     per_worker = max(1, threads // max(1, workers))
     parts = [f"num-supernodes={num_supernodes}", f"init-args-num-cpus={per_worker * workers}",
              f"client-resources-num-cpus={per_worker}", "init-args-log-to-driver=true"]
     if device != "cpu":
-        import torch
-
         if torch.cuda.is_available():
             parts += [f"init-args-num-gpus={torch.cuda.device_count()}",
                       f"client-resources-num-gpus={min(1.0, torch.cuda.device_count() / workers)}"]

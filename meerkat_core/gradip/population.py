@@ -8,13 +8,11 @@ sentiment2, the tuning task), while an IID client's stays near its labels' entro
 collapse through the gradient, with a per-step noise that hides it: on sentiment2 the same rule on
 |GradIP| misses single-label clients (worst margins z 0.80, drop 0.84) where the loss passes (4.57, 2.03).
 
-Why this statistic: a single-label client drives its loss towards 0, so its gradient, and with it
-|GradIP|, vanishes in the later phase, while every IID client keeps a gradient of the size of its
-remaining loss. How far and how fast depends on the task, the model and the learning rate, so a fixed
-threshold on a decay ratio does not transfer (issue #23); comparing each client with the others of the
-same round does, because they ran the same model, task and steps.
+Why a population rule: how far and how fast a client's signal falls depends on the task, the model and
+the learning rate, so a fixed threshold on a decay ratio does not transfer (issue #23); comparing each
+client with the others of the same round does, because they ran the same model, task and steps.
 
-The rule, on ``l_c = log(mean |GradIP| of client c's later phase)`` (``stats.later_level``):
+The rule, on ``l_c = log(mean signal of client c's later phase)`` (``stats.later_level``):
 
 1. Sort the clients by ``l``. For every split ``k = 1 .. floor((n - 1) / 2)`` (the ``k`` lowest against
    the rest, which stay a strict majority): the rest's robust centre ``m_k`` (median) and scale
@@ -180,8 +178,8 @@ class LossParams(PopulationParams):
     """Thresholds of the ``loss`` rule: the population rule's, unchanged. On the tuning task (sentiment2,
     SmolLM2-135M, seeds 0-2, 100 steps) the single-label clients' worst margins were z 4.57, drop 2.03 and
     the IID clients' best z 0.75, drop 0.41, so no threshold was moved; at 50 steps it missed single-label
-    clients there, hence ``min_calibration_steps`` 100. It needs a loss that a single label makes trivial:
-    ``--loss classification`` (the default); with ``--loss lm`` the prompt's own text keeps the loss up."""
+    clients there, hence ``min_calibration_steps`` 100. Set on ``--loss classification`` (the default);
+    ``fed.vp.calibration_warnings`` says why ``--loss lm`` is not covered."""
 
 
 class LossClassifier(PopulationClassifier):
