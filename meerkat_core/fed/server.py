@@ -10,7 +10,7 @@ sequence is also the history a client replays to catch up, so server and clients
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -19,7 +19,7 @@ from meerkat_core.fed.schedule import lr_at
 from meerkat_core.fed.protocol import ClientReply, HistoryEntry, RoundInstruction
 from meerkat_core.fed.state import state_crc
 from meerkat_core.gradip.compute import step_gradip
-from meerkat_core.zo import derive_key, replay, update_coef
+from meerkat_core.zo import derive_key, replay, rng
 from meerkat_core.zo.update import add_scaled
 
 
@@ -57,6 +57,24 @@ class ClientOutcome:
     gradip: list[float] = field(default_factory=list)  # g * <gbar, z> per step (nan when skipped)
     cosine: list[float] = field(default_factory=list)  # sign(g) <gbar, z> / (|gbar| |z|)
     end_state: torch.Tensor | None = None  # the replayed virtual path's end point
+
+
+# a reply prepared ahead of the aggregation keeps its z's when they take at most this many bytes
+PREPARED_Z_BYTES = 64 << 20
+
+
+@dataclass
+class PreparedReply:
+    """One client's reply replayed ahead of the round's aggregation (``ZOServer.prepare``)."""
+
+    instruction: RoundInstruction
+    reply: ClientReply
+    keys: list[int]  # the stream key of each step
+    gradip: list[float]
+    cosine: list[float]
+    applied: list[int] = field(default_factory=list)  # the steps that update (finite coefficient), in order
+    zs: list[torch.Tensor] | None = None  # their z's; None: drawn again when the round aggregates
+    end_state: torch.Tensor | None = None  # the client's replayed end point (when asked for)
 
 
 @dataclass
@@ -118,11 +136,49 @@ class ZOServer:
 
     # -- aggregation ------------------------------------------------------------------------------
     @torch.no_grad()
+    def prepare(self, instr: RoundInstruction, reply: ClientReply, keep_end_state: bool = False,
+                x_start: torch.Tensor | None = None) -> PreparedReply:
+        """One reply's replay ahead of the round's aggregation: its GradIP, the steps that update, and
+        their z's when they fit in ``PREPARED_Z_BYTES`` (else ``complete_round`` draws them again).
+
+        A Flower round calls it for each reply as it arrives, while the other clients still work;
+        ``x_start`` is the state the round started from (default: the current state, which the round
+        changes only in ``complete_round``)."""
+        x0 = self.x if x_start is None else x_start
+        keep_z = len(reply.gs) * x0.numel() * 4 <= PREPARED_Z_BYTES
+        zs: list[torch.Tensor] = []
+        prep = self._replay(instr, reply, x0, keep_end_state, on_z=(lambda t, z, g: zs.append(z)) if keep_z else None)
+        prep.zs = zs if keep_z else None
+        return prep
+
+    def _replay(self, instr: RoundInstruction, reply: ClientReply, x0: torch.Tensor, keep_end_state: bool,
+                on_z: Callable[[int, torch.Tensor, float], None] | None) -> PreparedReply:
+        """Replay one client's virtual path from ``x0`` (GradIP on the way), calling ``on_z`` with the z of
+        every step that updates, in order."""
+        n = len(reply.gs)
+        keys = [derive_key(instr.seed, instr.round, instr.client, t) for t in range(n)]
+        prep = PreparedReply(instr, reply, keys, gradip=[float("nan")] * n, cosine=[float("nan")] * n)
+
+        def on_step(t: int, z: torch.Tensor, g: float) -> None:
+            prep.applied.append(t)
+            if self.gbar is not None:
+                prep.gradip[t], prep.cosine[t] = step_gradip(g, self.gbar, self._gbar_norm, z)
+            if on_z is not None:
+                on_z(t, z, g)
+
+        end = replay(x0, keys, reply.gs, instr.lr, callback=on_step)
+        prep.end_state = end if keep_end_state else None
+        return prep
+
+    @torch.no_grad()
     def complete_round(
         self, round_: int, instructions: Sequence[RoundInstruction], replies: Sequence[ClientReply],
-        keep_end_states: bool = False,
+        keep_end_states: bool = False, prepared: Mapping[int, PreparedReply] | None = None,
     ) -> RoundOutcome:
-        """Replay each reply's steps (virtual path + GradIP) and aggregate into the global state."""
+        """Replay each reply's steps (virtual path + GradIP) and aggregate into the global state.
+
+        ``prepared``: client -> ``prepare``'s result for that client's reply (its replay done while the
+        round waited for the others); the aggregation is the same bits either way."""
         by_client = {r.client: r for r in replies}
         total = sum(self.client_sizes[i.client] for i in instructions if i.client in by_client)
         x_start = self.x.clone()
@@ -132,24 +188,32 @@ class ZOServer:
             reply = by_client.get(instr.client)
             if reply is None:
                 continue  # a dropped client: the round goes on with the others
+            if instr.round != round_:
+                raise ValueError(f"round {round_}: an instruction of round {instr.round}")
             p = self.client_sizes[instr.client] / total
             keys = [derive_key(instr.seed, round_, instr.client, t) for t in range(len(reply.gs))]
-            gradip = [float("nan")] * len(reply.gs)
-            cosine = [float("nan")] * len(reply.gs)
 
-            def on_step(t: int, z: torch.Tensor, g: float) -> None:
+            def add(t: int, z: torch.Tensor, g: float) -> None:
                 coef = -(p * instr.lr * g)
                 add_scaled(self.x, z, coef)
                 updates.append(HistoryEntry(keys[t], coef))
-                if self.gbar is not None:
-                    gradip[t], cosine[t] = step_gradip(g, self.gbar, self._gbar_norm, z)
 
-            end = replay(x_start, keys, reply.gs, instr.lr, callback=on_step)
-            skipped = sum(1 for g in reply.gs if update_coef(instr.lr, g) is None)
+            prep = (prepared or {}).get(instr.client)
+            if prep is not None and (prep.reply is not reply or (keep_end_states and prep.end_state is None)):
+                prep = None
+            if prep is None:  # replay and aggregate in one pass
+                prep = self._replay(instr, reply, x_start, keep_end_states, on_z=add)
+            else:
+                k = self.x.numel()
+                zs = prep.zs if prep.zs is not None else (rng.normal(keys[t], k, device=self.x.device)
+                                                          for t in prep.applied)
+                for t, z in zip(prep.applied, zs):
+                    add(t, z, float(reply.gs[t]))
             outcomes.append(ClientOutcome(
                 client=instr.client, steps=instr.steps, seed=instr.seed, lr=instr.lr, eps=instr.eps,
                 data_offset=instr.data_offset, weight=p, gs=list(reply.gs), losses=list(reply.losses),
-                skipped=skipped, gradip=gradip, cosine=cosine, end_state=end if keep_end_states else None,
+                skipped=len(reply.gs) - len(prep.applied), gradip=prep.gradip, cosine=prep.cosine,
+                end_state=prep.end_state if keep_end_states else None,
             ))
             self.data_offset[instr.client] += instr.steps * self.cfg.batch_size
             self.synced_round[instr.client] = self.round
