@@ -174,6 +174,38 @@ def test_records_round_trip_and_sizes() -> None:
     assert np.isnan(got.gs[1])
 
 
+def test_exchange_takes_each_reply_as_it_comes_and_backs_off_between(monkeypatch) -> None:
+    """The server's work overlaps the clients': ``while_waiting`` runs right after the push, ``on_reply``
+    on each reply as it is pulled; pulls start poll_min apart and double up to poll while none comes."""
+    from types import SimpleNamespace
+
+    from meerkat_core.flower import rounds
+
+    def reply(to: str) -> SimpleNamespace:
+        return SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=to))
+
+    script = [[], [], [], [], [], [reply("a")], [], [reply("b"), reply("c")]]
+    events: list[str] = []
+
+    class Grid:
+        def push_messages(self, messages):
+            events.append("push")
+            return ["a", "b", "c"]
+
+        def pull_messages(self, ids):
+            return script.pop(0)
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(rounds.time, "sleep", sleeps.append)
+    got = rounds.exchange(Grid(), [], timeout=60, poll=0.01, poll_min=0.002,
+                          on_reply=lambda m: events.append("reply " + m.metadata.reply_to_message_id),
+                          while_waiting=lambda: events.append("waiting"))
+    assert [m.metadata.reply_to_message_id for m in got] == ["a", "b", "c"]
+    assert events == ["push", "waiting", "reply a", "reply b", "reply c"]
+    assert sleeps == [0.002, 0.004, 0.008, 0.01, 0.01, 0.002, 0.004]
+    assert script == []
+
+
 def test_repository_app_is_a_valid_flower_app_without_code() -> None:
     from flwr.cli.build import build_fab_from_disk
     from flwr.cli.config_utils import load_and_validate

@@ -33,7 +33,8 @@ class FlowerSettings:
 
     connect_timeout: float = 300.0  # seconds to wait for every client's SuperNode before round 1
     round_timeout: float = 3600.0  # seconds to wait for a round's replies (dead nodes are reported sooner)
-    poll: float = 0.05  # seconds between the ServerApp's pulls of replies (Flower's own loop sleeps 3 s)
+    poll: float = 0.05  # most seconds between the ServerApp's pulls of replies (Flower's own loop sleeps 3 s)
+    poll_min: float = 0.002  # seconds between pulls right after a push or a reply (doubling up to poll)
     result: str = ""  # where the ServerApp writes result.json ("": nowhere); set by `meerkat train`
 
 

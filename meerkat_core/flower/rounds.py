@@ -5,16 +5,18 @@ message carrying the ClientSetup; the reply names the site's client id), buildin
 client id -> node id. Each round it refreshes that map (a node that left is dropped, a node that joined
 is greeted), then sends the Strategy's train messages and aggregates the replies.
 
-Messages go out with ``Grid.push_messages`` and replies come back with ``Grid.pull_messages`` every
-``FlowerSettings.poll`` seconds (``Grid.send_and_receive`` sleeps a fixed 3 s between pulls on a
-deployment, which would cost up to 3 s per round for nothing).
+Messages go out with ``Grid.push_messages`` and replies come back with ``Grid.pull_messages``, first
+``FlowerSettings.poll_min`` s apart, backing off to ``FlowerSettings.poll`` s while none comes
+(``Grid.send_and_receive`` sleeps a fixed 3 s between pulls on a deployment, which would cost up to 3 s
+per round for nothing). Each reply is taken as it comes (``MeerkatStrategy.accept``: checked, counted,
+replayed), so the server's replay overlaps the clients that are still working.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -30,18 +32,37 @@ from meerkat_core.flower.strategy import GONE, MeerkatStrategy, error_reason
 log = logging.getLogger("meerkat.flower")
 
 
-def exchange(grid: Grid, messages: Iterable[Message], timeout: float, poll: float) -> list[Message]:
-    """Push ``messages`` and pull their replies every ``poll`` s until all came back or ``timeout`` s passed."""
+def exchange(
+    grid: Grid, messages: Iterable[Message], timeout: float, poll: float, poll_min: float | None = None,
+    on_reply: Callable[[Message], None] | None = None, while_waiting: Callable[[], None] | None = None,
+) -> list[Message]:
+    """Push ``messages`` and pull their replies until all came back or ``timeout`` s passed.
+
+    The wait between pulls starts at ``poll_min`` s after the push and after every pull that brought a
+    reply, and doubles up to ``poll`` s while none comes (replies of one round arrive close together).
+    ``on_reply`` is called with each reply as it is pulled, ``while_waiting`` once right after the push:
+    the server's own work overlaps the clients'.
+    """
     pending = set(grid.push_messages(messages))
+    if while_waiting is not None:
+        while_waiting()
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
+    fastest = poll if poll_min is None else min(poll_min, poll)
+    wait = fastest
     while pending:
         got = list(grid.pull_messages(pending))
-        replies.extend(got)
+        for msg in got:
+            if on_reply is not None:
+                on_reply(msg)
+            replies.append(msg)
         pending -= {m.metadata.reply_to_message_id for m in got}
         if not pending or time.monotonic() > deadline:
             break
-        time.sleep(poll)
+        if got:
+            wait = fastest
+        time.sleep(wait)
+        wait = min(poll, wait * 2)
     return replies
 
 
@@ -109,7 +130,8 @@ class FlowerRounds:
         strategy = self._strategy
         strategy.nodes = self.nodes
         messages = strategy.configure_train(r, ArrayRecord(), ConfigRecord(), self.grid)
-        replies = exchange(self.grid, messages, self.settings.round_timeout, self.settings.poll) if messages else []
+        replies = exchange(self.grid, messages, self.settings.round_timeout, self.settings.poll, self.settings.poll_min,
+                           on_reply=lambda m: strategy.accept(r, m), while_waiting=strategy.count_sent) if messages else []
         strategy.aggregate_train(r, replies)
         t = strategy.traffic
         if strategy.outcome is None:

@@ -1,8 +1,10 @@
 """``MeerkatStrategy``: a Flower Strategy that wraps ZOServer.
 
 ``configure_train`` asks ``ZOServer.plan_round`` for the round's instructions and turns each one into a
-train Message for the SuperNode of that client; ``aggregate_train`` turns the replies back into
-``ClientReply`` objects and calls ``ZOServer.complete_round`` (replay, GradIP, aggregation). There are no
+train Message for the SuperNode of that client; ``accept`` takes each reply as it arrives (checks it,
+counts its bytes, replays it with ``ZOServer.prepare`` while the other clients still work), and
+``aggregate_train`` takes any reply not yet accepted and calls ``ZOServer.complete_round`` (the
+aggregation in client order; the same bits as replaying everything there). There are no
 model arrays: ``arrays`` is ignored and ``aggregate_train`` returns none. Evaluation is the server's own
 (``run_training`` evaluates the global state), so ``configure_evaluate`` sends nothing.
 
@@ -22,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 
 from meerkat_core.errors import MeerkatError
 from meerkat_core.fed.protocol import ClientReply, RoundInstruction
-from meerkat_core.fed.server import RoundOutcome, ZOServer
+from meerkat_core.fed.server import PreparedReply, RoundOutcome, ZOServer
 from meerkat_core.flower.records import instruction_to_content, message_bytes, reply_from_content
 
 # Flower ErrorCode values meaning "the node or its message is gone" (flwr.common.constant.ErrorCode)
@@ -45,6 +47,9 @@ class MeerkatStrategy(Strategy):
         self.nodes = nodes  # client id -> Flower node id (kept up to date by the caller)
         self._pending: dict[int, RoundInstruction] = {}
         self._sent: list[Message] = []
+        self._counted_sent = False
+        self._got: dict[int, PreparedReply] = {}  # client -> its reply, replayed on arrival
+        self._accepted: set[str] = set()  # message ids of the replies taken so far
         self.outcome: RoundOutcome | None = None
         self.traffic = RoundTraffic()
 
@@ -54,6 +59,8 @@ class MeerkatStrategy(Strategy):
         self._pending = {i.client: i for i in self.server.plan_round(server_round)}
         self.traffic = RoundTraffic()
         self._sent = []
+        self._counted_sent = False
+        self._got, self._accepted = {}, set()
         for c, instr in self._pending.items():
             node = self.nodes.get(c)
             if node is None:
@@ -63,31 +70,45 @@ class MeerkatStrategy(Strategy):
                                       group_id=str(server_round)))
         return list(self._sent)
 
+    def count_sent(self) -> None:
+        """Flower's bytes of the round's train messages (the round calls it while it waits for replies)."""
+        self.traffic.flower_down = sum(message_bytes(m) for m in self._sent)
+        self._counted_sent = True
+
+    def accept(self, server_round: int, msg: Message) -> None:
+        """Take one reply as it arrives: check it, count its bytes, and replay it (``ZOServer.prepare``)
+        while the other clients still work; ``aggregate_train`` then only aggregates in client order."""
+        c = self._by_node().get(msg.metadata.src_node_id)
+        if msg.has_error():
+            if msg.error.code in GONE:
+                return
+            who = f"client {c}" if c is not None else f"node {msg.metadata.src_node_id}"
+            raise MeerkatError(f"round {server_round}: {who} failed on its SuperNode: {error_reason(msg.error.reason)}")
+        reply = reply_from_content(msg.content)
+        if reply.round != server_round or reply.client not in self._pending or reply.client in self._got:
+            raise MeerkatError(f"round {server_round}: unexpected reply (round {reply.round}, client {reply.client})")
+        self.traffic.flower_up += message_bytes(msg)
+        self._got[reply.client] = self.server.prepare(self._pending[reply.client], reply)
+        self._accepted.add(msg.metadata.message_id)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.traffic.flower_down = sum(message_bytes(m) for m in self._sent)
-        by_node = {node: c for c, node in self.nodes.items()}
-        got: list[ClientReply] = []
+        if not self._counted_sent:
+            self.count_sent()
         for msg in replies:
-            c = by_node.get(msg.metadata.src_node_id)
-            if msg.has_error():
-                if msg.error.code in GONE:
-                    continue
-                who = f"client {c}" if c is not None else f"node {msg.metadata.src_node_id}"
-                raise MeerkatError(f"round {server_round}: {who} failed on its SuperNode: {error_reason(msg.error.reason)}")
-            reply = reply_from_content(msg.content)
-            if reply.round != server_round or reply.client not in self._pending:
-                raise MeerkatError(f"round {server_round}: unexpected reply (round {reply.round}, client {reply.client})")
-            self.traffic.flower_up += message_bytes(msg)
-            got.append(reply)
-        answered = {r.client for r in got}
-        self.traffic.dropped = sorted(c for c in self._pending if c not in answered)
+            if msg.metadata.message_id not in self._accepted:
+                self.accept(server_round, msg)
+        got = [p.reply for p in self._got.values()]
+        self.traffic.dropped = sorted(c for c in self._pending if c not in self._got)
         instructions = [self._pending[c] for c in sorted(self._pending)]
         for r in got:
             self.traffic.protocol[r.client] = (len(self._pending[r.client].to_bytes()), len(r.to_bytes()))
-        self.outcome = self.server.complete_round(server_round, instructions, got) if got else None
+        self.outcome = self.server.complete_round(server_round, instructions, got, prepared=self._got) if got else None
         return None, MetricRecord({"clients": len(got), "dropped": len(self.traffic.dropped)})
+
+    def _by_node(self) -> dict[int, int]:
+        return {node: c for c, node in self.nodes.items()}
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
