@@ -148,16 +148,20 @@ def test_app_dir_matches_the_repository_layout() -> None:
     assert APP_DIR == Path(__file__).resolve().parents[1] / "flower_app"
 
 
-def test_simulation_workers_get_the_cpus_torch_would_use() -> None:
-    """Ray sets a worker's OMP_NUM_THREADS to the CPUs it was given: one CPU per worker ran torch on one
-    thread in the simulation while the in-process engine used all of them."""
+def test_simulation_workers_get_the_cpus_torch_would_use_but_one() -> None:
+    """Ray sets a worker's OMP_NUM_THREADS to the CPUs it was given; the workers share torch's thread
+    count less one CPU, which the simulation process (ServerApp, Flower's queue) keeps."""
     from meerkat_core.flower.deployment import simulation_config
 
     def parts(cfg: str) -> dict[str, str]:
         return dict(p.split("=", 1) for p in cfg.split())
 
     one = parts(simulation_config(100, 1, "cpu", threads=2))
-    assert (one["num-supernodes"], one["init-args-num-cpus"], one["client-resources-num-cpus"]) == ("100", "2", "2")
+    assert (one["num-supernodes"], one["init-args-num-cpus"], one["client-resources-num-cpus"]) == ("100", "1", "1")
+    solo = parts(simulation_config(100, 1, "cpu", threads=1))  # one CPU: the worker still gets it
+    assert (solo["init-args-num-cpus"], solo["client-resources-num-cpus"]) == ("1", "1")
+    big = parts(simulation_config(100, 1, "cpu", threads=16))
+    assert (big["init-args-num-cpus"], big["client-resources-num-cpus"]) == ("15", "15")
     three = parts(simulation_config(10, 3, "cpu", threads=16))
     assert (three["init-args-num-cpus"], three["client-resources-num-cpus"]) == ("15", "5")
     many = parts(simulation_config(10, 4, "cpu", threads=2))  # more workers than threads: one CPU each

@@ -244,16 +244,19 @@ class LocalFlower:
 def simulation_config(num_supernodes: int, workers: int, device: str, threads: int | None = None) -> str:
     """``flwr run --federation-config``: N virtual SuperNodes on ``workers`` Ray workers.
 
-    Each worker is given ``threads // workers`` CPUs (``threads``: torch's intra-op thread count here, what
-    the in-process engine would use). Ray sets a worker's ``OMP_NUM_THREADS`` to the CPUs it was given
-    unless the variable is already set, so with one CPU per worker torch inside it ran on one thread
-    while the in-process engine ran on all of them.
+    The workers share ``threads - 1`` CPUs, at least one each (``threads``: torch's intra-op thread count
+    here, what the in-process engine would use). The CPU left over is the simulation process's: the
+    ServerApp replays each reply as it arrives and Flower sweeps its message queue while the workers
+    step, and a worker whose torch threads fill every core stalls whenever those wake (issue #17,
+    benchmarks/RESULTS.md section 7.5: on 2 cores one worker thread gave a 0.34-0.46 s round, two
+    0.40-0.54 s). Ray sets a worker's ``OMP_NUM_THREADS`` to the CPUs it was given unless the variable
+    is already set.
     """
     import torch
 
     if threads is None:
         threads = torch.get_num_threads()
-    per_worker = max(1, threads // max(1, workers))
+    per_worker = max(1, (threads - 1) // max(1, workers))
     parts = [f"num-supernodes={num_supernodes}", f"init-args-num-cpus={per_worker * workers}",
              f"client-resources-num-cpus={per_worker}", "init-args-log-to-driver=true"]
     if device != "cpu":
