@@ -324,6 +324,11 @@ def test_killed_supernode_round_completes_and_run_resumes(tiny_mask: Path, part3
             break
         time.sleep(0.2)
     pid = json.loads((work / "deployment.json").read_text())["supernodes"]["2"]
+    # the three local sites split torch's threads instead of each spin-waiting on every core
+    from meerkat_core.flower.deployment import site_threads
+
+    threads = os.environ.get("OMP_NUM_THREADS") or site_threads(3)  # a variable already set wins
+    assert f"({threads} torch threads)" in (work / "logs" / "site-0.log").read_text()
     os.kill(pid, signal.SIGKILL)  # client 2's site goes away mid-run
     th.join(timeout=1200)
     assert not th.is_alive()

@@ -166,3 +166,13 @@ def test_simulation_workers_get_the_cpus_torch_would_use_but_one() -> None:
     assert (three["init-args-num-cpus"], three["client-resources-num-cpus"]) == ("15", "5")
     many = parts(simulation_config(10, 4, "cpu", threads=2))  # more workers than threads: one CPU each
     assert (many["init-args-num-cpus"], many["client-resources-num-cpus"]) == ("4", "1")
+
+
+def test_local_site_servers_share_the_threads() -> None:
+    """The local site servers step at once each round: torch's threads are split between them, at
+    least one each, so three sites on two cores do not spin-wait against each other."""
+    from meerkat_core.flower.deployment import site_threads
+
+    assert [site_threads(n, threads=2) for n in (1, 2, 3)] == [2, 1, 1]
+    assert site_threads(3, threads=16) == 5
+    assert site_threads(0, threads=4) == 4

@@ -151,11 +151,11 @@ class LocalFlower:
         self.address = options.superlink or ""
         self.pids: dict[str, Any] = {}
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         try:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=self.env, cwd=os.getcwd(), start_new_session=True)
+                                    env=self.env if env is None else env, cwd=os.getcwd(), start_new_session=True)
         finally:
             log.close()
         self.procs[name] = proc
@@ -196,6 +196,8 @@ class LocalFlower:
         sockets = Path(tempfile.mkdtemp(prefix="meerkat-sites-"))  # short: Unix socket paths are limited
         self.sockets = sockets
         meerkat = _executable("meerkat")
+        site_env = dict(self.env)
+        site_env.setdefault("OMP_NUM_THREADS", str(site_threads(len(sites))))
         servers = {}
         for site in sites:
             sock = sockets / f"site-{site.partition_id}.sock"
@@ -203,7 +205,7 @@ class LocalFlower:
                     "--partition-dir", site.partition_dir, "--mask", site.mask, "--device", site.device]
             if site.model:
                 argv += ["--model", site.model]
-            servers[site.partition_id] = (sock, self._spawn(f"site-{site.partition_id}", argv))
+            servers[site.partition_id] = (sock, self._spawn(f"site-{site.partition_id}", argv, site_env))
         self._superlink(ports[0], simulation=False)
         for c, (sock, proc) in servers.items():
             _wait(_unix_ready(sock), proc, self.options.startup_timeout, f"meerkat site serve (client {c})",
@@ -239,6 +241,20 @@ class LocalFlower:
         self.procs.clear()
         if getattr(self, "sockets", None):
             shutil.rmtree(self.sockets, ignore_errors=True)
+
+
+def site_threads(sites: int, threads: int | None = None) -> int:
+    """Torch threads for each local site server: ``threads`` (torch's count here) shared by the sites.
+
+    The local sites step at the same moment each round; each with every core spin-waits against the
+    others (on 2 cores three SmolLM2 sites at 2 threads each: 16.6 s a round, at 1 thread each 9.1 s,
+    same bits; benchmarks/RESULTS.md section 7.5). An ``OMP_NUM_THREADS`` already set wins.
+    """
+    import torch
+
+    if threads is None:
+        threads = torch.get_num_threads()
+    return max(1, threads // max(1, sites))
 
 
 def simulation_config(num_supernodes: int, workers: int, device: str, threads: int | None = None) -> str:

@@ -125,7 +125,9 @@ def serve(site: SiteConfig, socket_path: str, on_event: Callable[[str], None] | 
 
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
     sock.settimeout(0.5)
-    say(f"site {site.partition_id}: listening on {path}")
+    import torch
+
+    say(f"site {site.partition_id}: listening on {path} ({torch.get_num_threads()} torch threads)")
     try:
         while not stop["now"]:
             try:
