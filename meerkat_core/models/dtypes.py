@@ -1,14 +1,15 @@
 """The run dtype: names, and what ``--dtype auto`` picks on this machine (and why).
 
 ``auto`` is fp32 for now, everywhere: bf16 becomes the default where the hardware computes it natively
-once the ZO step has been measured to learn like fp32 there. It has not been yet: with the fp32 carriers
-(``zo/carriers.py``) the bf16 estimate of g is 10.8% off the fp32 one on SmolLM2 (median, target 5%;
-benchmarks/RESULTS.md section 10), and the equal-step accuracy was not measured (issue #20). The reason
-recorded with a run says what this machine has:
+once the ZO step has been measured to estimate g and learn like fp32 there (issue #20). Measured on a CPU
+with AVX512-BF16 (benchmarks/RESULTS.md section 10.1): bf16 matched fp32's test accuracy after equal
+steps (within 0.007, 3 seeds, sentiment2 and sentiment3) and its rounds were ~1.6x faster, but with the
+fp32 carriers (``zo/carriers.py``) its estimate of g is 20% off the fp32 one on SmolLM2 (median, target
+5%; 10.8% where torch emulated bf16). The reason recorded with a run says what this machine has:
 
 * a CPU with AMX-BF16 or AVX512-BF16 (torch's own probes, else the ``/proc/cpuinfo`` flags): bf16
-  forwards are ~3x faster than fp32 there, one ``--dtype bf16`` away. Without them (e.g. AVX2 only) torch
-  emulates bf16 and a forward is ~7x *slower* than fp32.
+  forwards are 1.6x (AVX512-BF16) to ~3x (AMX) faster than fp32 there, one ``--dtype bf16`` away.
+  Without them (e.g. AVX2 only) torch emulates bf16 and a forward is ~7x *slower* than fp32.
 * CUDA: fp32 for now. The reduced-precision step has not been measured on a GPU (no device was
   available); bf16 there is one explicit ``--dtype bf16`` away.
 """
@@ -82,8 +83,9 @@ def choose_dtype(dtype: str, device: torch.device, bf16_feature: str | None | bo
     if device.type != "cpu":
         return DtypeChoice(torch.float32, f"auto: fp32 on {device.type}")
     feature = cpu_bf16_feature() if bf16_feature is False else bf16_feature
-    if feature:  # fast here, but not yet shown to learn like fp32 (module doc)
-        return DtypeChoice(torch.float32, f"auto: fp32 (the CPU has native {feature}, but bf16 is not yet measured to "
-                                          "learn like fp32: pass --dtype bf16 to use it)")
+    if feature:  # fast here, but its estimate is not yet fp32's (module doc)
+        return DtypeChoice(torch.float32, f"auto: fp32 (the CPU has native {feature}: bf16 is faster and learned like "
+                                          "fp32 in our runs, but its estimate of g is not yet within 5% of fp32's: "
+                                          "pass --dtype bf16 to use it)")
     cap = torch.backends.cpu.get_cpu_capability()
     return DtypeChoice(torch.float32, f"auto: fp32 (CPU without native bf16, {cap}: bf16 would be emulated and slower)")
