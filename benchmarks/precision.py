@@ -20,6 +20,7 @@ Three sections, each on the model as ``load_model`` returns it and on real task 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -54,6 +55,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="timing repetitions per dtype")
     p.add_argument("--acc-tasks", nargs="+", default=["sentiment2", "sentiment3"])
     p.add_argument("--acc-dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--acc-eps", nargs="+", default=[], metavar="DTYPE=EPS",
+                   help="eps of a dtype's accuracy runs (e.g. bf16=3e-3; default: TrainConfig's); the run's name "
+                        "then ends in -epsEPS")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet partition of the accuracy runs")
@@ -74,6 +78,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.clients, args.eval_limit = 4, 32
     elif args.mask is None:
         p.error("--mask is required (make one with `meerkat mask --model smollm2-135m --density 1e-3 --out FILE`)")
+    try:
+        args.acc_eps = {d: float(e) for d, e in (item.split("=", 1) for item in args.acc_eps)}
+    except ValueError:
+        p.error(f"--acc-eps {' '.join(args.acc_eps)}: expected DTYPE=EPS pairs, e.g. bf16=3e-3")
+    if set(args.acc_eps) - set(args.acc_dtypes):
+        p.error(f"--acc-eps names dtypes not in --acc-dtypes: {sorted(set(args.acc_eps) - set(args.acc_dtypes))}")
     return args
 
 
@@ -239,6 +249,7 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     from meerkat_core.fed.training import run_training
     from meerkat_core.rundir import RunDir
 
+    default_eps = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "eps")
     work = Path(args.work)
     rows = []
     tasks = [_common.ensure_small_task(work)] if args.quick else args.acc_tasks
@@ -248,8 +259,10 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
             part = _common.ensure_partition(work / "partitions" / f"{tname}-dirichlet{args.alpha:g}-seed{seed}", task,
                                             args.clients, "dirichlet", seed, alpha=args.alpha)
             for dtype in args.acc_dtypes:
-                run = work / "runs" / f"{tname}-seed{seed}-{dtype}-R{args.rounds}xC{args.clients_per_round}xT{args.local_steps}"
-                cfg = TrainConfig(model=args.model, mask=args.mask, partition=str(part), task=task, out=str(run),
+                eps = {"eps": args.acc_eps[dtype]} if dtype in args.acc_eps else {}
+                tail = f"-eps{eps['eps']:g}" if eps else ""
+                run = work / "runs" / f"{tname}-seed{seed}-{dtype}-R{args.rounds}xC{args.clients_per_round}xT{args.local_steps}{tail}"
+                cfg = TrainConfig(**eps, model=args.model, mask=args.mask, partition=str(part), task=task, out=str(run),
                                   rounds=args.rounds, local_steps=args.local_steps,
                                   clients_per_round=args.clients_per_round, lr=args.lr, batch_size=args.batch_size,
                                   loss=args.loss, seed=seed, device=args.device, dtype=dtype,
@@ -265,7 +278,7 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
                 metrics = RunDir(run).read_metrics()
                 rounds = [m for m in metrics if m.get("round", 0) > 0]
                 steps = sum(m["steps"] for m in rounds)
-                rows.append({"task": tname, "seed": seed, "dtype": dtype, "run": str(run), "status": status,
+                rows.append({"task": tname, "seed": seed, "dtype": dtype, "eps": cfg.eps, "run": str(run), "status": status,
                              "initial_accuracy": summary["initial_accuracy"], "final_accuracy": summary["final_accuracy"],
                              "eval_n": summary["eval_n"], "client_steps": steps,
                              "round_seconds_per_step": sum(m["seconds"] for m in rounds) / steps if steps else None})
@@ -277,7 +290,7 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         for dtype in args.acc_dtypes:
             sel = [r for r in rows if r["task"] == tname and r["dtype"] == dtype]
             m, sd = _common.mean_sd(r["final_accuracy"] for r in sel)
-            entry[dtype] = {"mean_accuracy": m, "sd_accuracy": sd, "n": len(sel),
+            entry[dtype] = {"mean_accuracy": m, "sd_accuracy": sd, "n": len(sel), "eps": args.acc_eps.get(dtype, default_eps),
                             "round_seconds_per_step": _common.mean_sd(r["round_seconds_per_step"] for r in sel)[0]}
         if "fp32" in entry:
             for dtype in entry:
@@ -289,7 +302,8 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "summary": agg, "budget": {
         "clients": args.clients, "partition": f"dirichlet({args.alpha:g})", "rounds": args.rounds,
         "clients_per_round": args.clients_per_round, "local_steps": args.local_steps, "batch_size": args.batch_size,
-        "lr": args.lr, "loss": args.loss, "eval_limit": args.eval_limit, "seeds": args.seeds}}
+        "lr": args.lr, "loss": args.loss, "eval_limit": args.eval_limit, "seeds": args.seeds,
+        "eps": {dtype: args.acc_eps.get(dtype, default_eps) for dtype in args.acc_dtypes}}}
 
 
 def print_tables(doc: dict[str, Any]) -> None:
@@ -305,12 +319,12 @@ def print_tables(doc: dict[str, Any]) -> None:
             print(f"{r['dtype']:<12} {r['two_forwards_s']:>12.3f} {r['step_s']:>8.3f} {r['step_over_two_forwards']:>10.3f} "
                   f"{r['step_over_two_forwards_cpu']:>7.3f} {r.get('fp32_step_over_step_cpu', float('nan')):>15.3f}")
     if "accuracy" in doc:
-        print(f"\n{'task':<16} {'dtype':<6} {'final accuracy':>22} {'vs fp32':>8} {'s/step in rounds':>17}")
+        print(f"\n{'task':<16} {'dtype':<6} {'eps':>7} {'final accuracy':>22} {'vs fp32':>8} {'s/step in rounds':>17}")
         for tname, entry in doc["accuracy"]["summary"].items():
             for dtype, e in entry.items():
                 diff = f"{e['diff_vs_fp32']:+.4f}" if "diff_vs_fp32" in e else "-"
                 sps = e["round_seconds_per_step"]
-                print(f"{tname:<16} {dtype:<6} {e['mean_accuracy']:.4f} ± {e['sd_accuracy']:.4f} ({e['n']})"
+                print(f"{tname:<16} {dtype:<6} {e['eps']:>7g} {e['mean_accuracy']:.4f} ± {e['sd_accuracy']:.4f} ({e['n']})"
                       f" {diff:>8} {sps:>17.3f}")
 
 
