@@ -166,6 +166,12 @@ def test_train_warns_when_the_calibration_is_shorter_than_the_classifier_needs(t
                     "--algorithm", "meerkat-vp", "--vp-calibration-steps", "4", "--vp-param", "min_calibration_steps=4",
                     "--out", str(tmp_path / "ok"))
     assert "warning" not in quiet.stderr
+    lm = run_cli("train", "--model", "tiny-llama", "--mask", str(tiny_mask), "--partition", str(mixed_partition),
+                 "--task", "sentiment2", "--rounds", "1", "--batch-size", "2", "--eval-limit", "4", "--device", "cpu",
+                 "--algorithm", "meerkat-vp", "--vp-calibration-steps", "4", "--vp-param", "min_calibration_steps=4",
+                 "--loss", "lm", "--out", str(tmp_path / "lm"))
+    lines = [ln for ln in lm.stderr.splitlines() if ln.startswith("warning:")]  # the loss classifier on the LM loss
+    assert len(lines) == 1 and "--loss lm" in lines[0] and "--vp-classifier rho" in lines[0], lm.stderr
     bad = run_cli("train", "--model", "tiny-llama", "--mask", str(tiny_mask), "--partition", str(mixed_partition),
                   "--algorithm", "meerkat-vp", "--vp-param", "zflag=3", "--out", str(tmp_path / "bad"), check=False)
     assert bad.returncode == 2 and "--vp-param zflag: classifier loss has no such parameter" in bad.stderr
