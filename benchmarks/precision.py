@@ -20,7 +20,6 @@ Three sections, each on the model as ``load_model`` returns it and on real task 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import random
@@ -249,7 +248,6 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     from meerkat_core.fed.training import run_training
     from meerkat_core.rundir import RunDir
 
-    default_eps = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "eps")
     work = Path(args.work)
     rows = []
     tasks = [_common.ensure_small_task(work)] if args.quick else args.acc_tasks
@@ -290,7 +288,7 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         for dtype in args.acc_dtypes:
             sel = [r for r in rows if r["task"] == tname and r["dtype"] == dtype]
             m, sd = _common.mean_sd(r["final_accuracy"] for r in sel)
-            entry[dtype] = {"mean_accuracy": m, "sd_accuracy": sd, "n": len(sel), "eps": args.acc_eps.get(dtype, default_eps),
+            entry[dtype] = {"mean_accuracy": m, "sd_accuracy": sd, "n": len(sel), "eps": sel[0]["eps"],
                             "round_seconds_per_step": _common.mean_sd(r["round_seconds_per_step"] for r in sel)[0]}
         if "fp32" in entry:
             for dtype in entry:
@@ -303,7 +301,7 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         "clients": args.clients, "partition": f"dirichlet({args.alpha:g})", "rounds": args.rounds,
         "clients_per_round": args.clients_per_round, "local_steps": args.local_steps, "batch_size": args.batch_size,
         "lr": args.lr, "loss": args.loss, "eval_limit": args.eval_limit, "seeds": args.seeds,
-        "eps": {dtype: args.acc_eps.get(dtype, default_eps) for dtype in args.acc_dtypes}}}
+        "eps": {r["dtype"]: r["eps"] for r in rows}}}
 
 
 def print_tables(doc: dict[str, Any]) -> None:
