@@ -45,6 +45,9 @@ def _table(rep: Any) -> Table:
     cols = [("client", "right"), ("entropy", "right"), ("extreme", "center"),
             (f"steps (needs {need})" if need else "steps", "right"), ("|GradIP| init/later", "right")]
     cols += [(f"{k} (>{_num(thr[k])})" if k in thr else k, "right") for k in stats]
+    on_loss = rep.signal == "loss"  # the decision reads the loss: show it beside |GradIP|
+    if on_loss:
+        cols += [("loss later", "right"), (f"loss over round {rep.round}'s steps", "left")]
     cols += [(f"|GradIP| over round {rep.round}'s steps", "left"), ("flagged", "center"), ("stopped", "center"),
              ("rounds", "right"), ("|GradIP| mean per round taken", "left")]
     for col, just in cols:
@@ -58,6 +61,7 @@ def _table(rep: Any) -> Table:
             f"[yellow]{r.steps} (short)[/]" if r.steps < need else str(r.steps),
             f"{_num(s.get('mean_initial'))} / {_num(s.get('mean_later'))}",
             *(_vs(s.get(k, math.nan), thr.get(k)) for k in stats),
+            *((_num(s.get("loss_later")), r.loss_sparkline) if on_loss else ()),
             r.sparkline,
             "[bold red]FLAG[/]" if r.flagged else "",
             "-" if r.stopped is None else ("yes" if r.stopped else ""),
@@ -71,8 +75,9 @@ def _footer(rep: Any) -> list[str]:
     lines = [f"decision: {rep.outcome}" + (f" ({rep.reason})" if rep.reason else "")]
     if rep.warning():
         lines.append(f"[yellow]warning:[/] {escape(rep.warning() or '')}")
-    if rep.loss_warning:
-        lines.append(f"[yellow]warning:[/] {escape(rep.loss_warning)}")
+    for w in (rep.loss_warning, rep.lm_warning):
+        if w:
+            lines.append(f"[yellow]warning:[/] {escape(w)}")
     det = rep.detector()
     if det is not None:
         verdict = "exactly the single-label clients" if det["exact"] else (
@@ -89,7 +94,9 @@ def _footer(rep: Any) -> list[str]:
                      f"quiet level sigma = {p['quiet_factor']} x initial mean")
     pop = rep.population
     if "centre" in pop:
-        lines.append(f"population: {int(pop['clients'])} clients; the others' later level exp({pop['centre']:.3g}), "
+        what = "loss" if rep.signal == "loss" else "|GradIP|"
+        lines.append(f"population: {int(pop['clients'])} clients; the others' later {what} level "
+                     f"{math.exp(pop['centre']):.3g} (log {pop['centre']:.3g}), "
                      f"scale {pop['scale']:.3g} (noise floor {pop['noise_floor']:.3g}) in log units; "
                      f"gap {pop['gap']:.3g} scales after the {int(pop['split'])} lowest")
     lines.extend(f"note: {escape(n)}" for n in rep.notes if n != rep.warning())

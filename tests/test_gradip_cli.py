@@ -111,6 +111,51 @@ def test_inspect_default_classifier_abstains_and_warns_on_a_short_calibration(pl
     assert "rho_later (>2)" in paper and "SHORT calibration (3 < 100 steps)" in paper
 
 
+def _png_width(png: Path) -> int:
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big")  # IHDR width
+
+
+def test_inspect_shows_the_signal_the_classifier_reads(plain_run: Path, tmp_path: Path) -> None:
+    """The default ``loss`` classifier decides on the local loss: the JSON names its signal and holds each
+    client's loss per step, the table has a later-loss column and a loss sparkline, and the plot puts a
+    loss panel before the |GradIP| ones (three panels on this two-round run, 7.5 in x 110 dpi each). The
+    paper's ``rho`` reads |GradIP| only: no loss column, two panels."""
+    doc = json.loads(run_cli("gradip", "inspect", str(plain_run), "--json").stdout)
+    assert doc["classifier"]["signal"] == "loss" and doc["lm_warning"] is None
+    from meerkat_core.gradip.stats import phase_slices
+
+    p = doc["classifier"]["params"]
+    _, later = phase_slices(3, p["initial_frac"], p["later_frac"])
+    for c in doc["clients"]:
+        assert len(c["loss"]) == 3 and all(v > 0 for v in c["loss"]) and len(c["loss_sparkline"]) == 3
+        part = c["loss"][later]
+        assert c["stats"]["loss_later"] == pytest.approx(sum(part) / len(part))  # the level the rule reads
+    table = run_cli("gradip", "inspect", str(plain_run)).stdout
+    assert "loss later" in table and "loss over round 1's steps" in table
+    rho = json.loads(run_cli("gradip", "inspect", str(plain_run), "--classifier", "rho", "--json").stdout)
+    assert rho["classifier"]["signal"] == "gradip"
+    assert "loss later" not in run_cli("gradip", "inspect", str(plain_run), "--classifier", "rho").stdout
+    loss_png, rho_png = tmp_path / "loss.png", tmp_path / "rho.png"
+    run_cli("gradip", "inspect", str(plain_run), "--plot", str(loss_png))
+    run_cli("gradip", "inspect", str(plain_run), "--classifier", "rho", "--plot", str(rho_png))
+    assert _png_width(loss_png) == 3 * 825 and _png_width(rho_png) == 2 * 825
+
+
+def test_inspect_repeats_the_lm_loss_warning(tiny_mask: Path, mixed_partition: Path, tmp_path: Path) -> None:
+    """A run trained with --loss lm, inspected with the loss classifier: the warning `train` gives before
+    the calibration round is in the JSON and the table too; not with ``rho``, which reads |GradIP|."""
+    run = tmp_path / "lm"
+    _train(tiny_mask, mixed_partition, run, "--clients-per-round", "4", "--loss", "lm")
+    doc = json.loads(run_cli("gradip", "inspect", str(run), "--json").stdout)
+    assert "--vp-classifier loss was set on --loss classification" in doc["lm_warning"]
+    table = run_cli("gradip", "inspect", str(run)).stdout
+    assert "warning: --vp-classifier loss was set on --loss classification" in table
+    rho = json.loads(run_cli("gradip", "inspect", str(run), "--classifier", "rho", "--json").stdout)
+    assert rho["lm_warning"] is None
+
+
 def test_inspect_warns_in_table_json_and_plot_when_the_calibration_loss_rose(plain_run: Path, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The report carries ``rising_loss_warning``'s line: None on this 3-step round (too short to tell); when

@@ -21,7 +21,13 @@ from typing import Any, Sequence
 from meerkat_core.config.choices import VP_CONTROLS
 from meerkat_core.fed.policy import UniformPolicy
 from meerkat_core.config.train import TrainConfig
-from meerkat_core.gradip.classify import Classifier, Decision, classifier_from_settings, rising_loss_warning
+from meerkat_core.gradip.classify import (
+    Classifier,
+    Decision,
+    classifier_from_settings,
+    lm_loss_warning,
+    rising_loss_warning,
+)
 from meerkat_core.gradip.trajectories import Trajectory
 from meerkat_core.zo import derive_key
 
@@ -30,11 +36,8 @@ CALIBRATION_ROUND = 1
 
 def calibration_warnings(cfg: TrainConfig) -> list[str]:
     """Lines about a Meerkat-vp run's calibration that make its decision unreliable, said before training:
-    a round shorter than the classifier needs (``Classifier.min_calibration_steps``), and the ``loss``
-    classifier on ``--loss lm``: its thresholds were set on the classification loss, and the LM loss of
-    every client first falls a long way while it learns to name a label word at all (4.0 -> 1.2-2.3 for
-    the IID clients, -> 0.25-0.72 for the single-label ones in docs/GRADIP.md's lm run: under the 3x the
-    rule asks for)."""
+    a round shorter than the classifier needs (``Classifier.min_calibration_steps``), and a classifier that
+    reads the loss on ``--loss lm`` (``classify.lm_loss_warning``)."""
     if cfg.algorithm != "meerkat-vp":
         return []
     clf = classifier_from_settings(cfg.vp)
@@ -43,10 +46,9 @@ def calibration_warnings(cfg: TrainConfig) -> list[str]:
     if steps < clf.min_calibration_steps:
         out.append(f"--vp-calibration-steps {steps} is shorter than the {clf.min_calibration_steps} "
                    f"steps the {clf.name} classifier needs (docs/GRADIP.md): its decision is unreliable")
-    if clf.name == "loss" and cfg.loss == "lm":
-        out.append("--vp-classifier loss was set on --loss classification; with --loss lm every client's loss falls "
-                   "while it learns the label words, so single-label clients stand out less (docs/GRADIP.md): "
-                   "use --loss classification, or --vp-classifier rho")
+    lm = lm_loss_warning(clf, cfg.loss)
+    if lm:
+        out.append(lm)
     return out
 
 

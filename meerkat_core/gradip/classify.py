@@ -1,8 +1,9 @@
 """Pluggable classifiers of a calibration round's trajectories (Meerkat-vp, METHOD.md section 5).
 
 A classifier looks at the whole round at once, ``classify(trajectories) -> Decision``, so it can decide
-relative to the population of clients (the default, ``population``) or client by client (the paper's
-rule, ``rho``). A ``Decision`` holds per client the statistics and margins (``value / threshold``,
+relative to the population of clients (the default ``loss`` and ``population``) or client by client (the
+paper's rule, ``rho``). ``Classifier.signal`` names the per-step trajectory the decision reads
+(``"loss"``: the client's local loss; ``"gradip"``: |GradIP|), so reports and plots show that one. A ``Decision`` holds per client the statistics and margins (``value / threshold``,
 oriented so that > 1 passes), the flagged clients, the outcome (``flagged``, ``none``: nobody stands
 out, ``abstained``: the separation is not clear, nobody flagged) and its reason, and whether the
 calibration was shorter than the classifier needs (``min_calibration_steps``).
@@ -33,6 +34,7 @@ from meerkat_core.gradip.trajectories import Trajectory
 
 DEFAULT_CLASSIFIER = VPSettings().classifier  # declared once, in `meerkat train`'s settings
 OUTCOMES = ("flagged", "none", "abstained")
+SIGNALS = ("gradip", "loss")  # Trajectory attributes a classifier may read (Classifier.signal)
 
 
 def short_calibration_warning(steps: int, needed: int, classifier: str) -> str | None:
@@ -41,6 +43,18 @@ def short_calibration_warning(steps: int, needed: int, classifier: str) -> str |
         return None
     return (f"calibration of {steps} steps is shorter than the {needed} the {classifier} classifier needs "
             "(docs/GRADIP.md): its decision is unreliable")
+
+
+def lm_loss_warning(classifier: "Classifier", loss: str) -> str | None:
+    """The one wording of a classifier that reads the loss on ``--loss lm`` (None otherwise): its
+    thresholds were set on the classification loss, and the LM loss of every client first falls a long way
+    while it learns to name a label word at all (4.0 -> 1.2-2.3 for the IID clients, -> 0.25-0.72 for the
+    single-label ones in docs/GRADIP.md's lm run: under the 3x the ``loss`` rule asks for)."""
+    if classifier.signal != "loss" or loss != "lm":
+        return None
+    return (f"--vp-classifier {classifier.name} was set on --loss classification; with --loss lm every client's "
+            "loss falls while it learns the label words, so single-label clients stand out less (docs/GRADIP.md): "
+            "use --loss classification, or --vp-classifier rho")
 
 
 LOSS_WINDOW_MIN_STEPS = 8  # fewer calibration steps: too short to tell a rising loss from noise
@@ -116,6 +130,7 @@ class Decision:
 class Classifier(Protocol):
     name: str
     min_calibration_steps: int
+    signal: str  # the per-step trajectory the decision reads: "loss" or "gradip" (SIGNALS)
 
     def classify(self, trajectories: Mapping[int, Trajectory]) -> Decision: ...
 
@@ -249,6 +264,7 @@ class PerClientClassifier:
 
     name: str = "per-client"
     min_calibration_steps: int = 0
+    signal: str = "gradip"
 
     def statistics(self, trajectory: Trajectory) -> dict[str, float]:
         raise NotImplementedError

@@ -179,7 +179,7 @@ class LossParams(PopulationParams):
     SmolLM2-135M, seeds 0-2, 100 steps) the single-label clients' worst margins were z 4.57, drop 2.03 and
     the IID clients' best z 0.75, drop 0.41, so no threshold was moved; at 50 steps it missed single-label
     clients there, hence ``min_calibration_steps`` 100. Set on ``--loss classification`` (the default);
-    ``fed.vp.calibration_warnings`` says why ``--loss lm`` is not covered."""
+    ``classify.lm_loss_warning`` says why ``--loss lm`` is not covered."""
 
 
 class LossClassifier(PopulationClassifier):

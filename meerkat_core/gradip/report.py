@@ -10,7 +10,9 @@ Beside the classified round, each shown client's history: its trajectory across 
 part in (``ClientHistory``), so a plain run of a few local steps per round still shows a trend. When
 the classified round had fewer steps than the classifier needs (``min_calibration_steps``), the
 report says so (``short_calibration``, ``warning``); when the calibration loss rose for a third of the
-clients or more (a step size the task diverges at), it says that too (``loss_warning``).
+clients or more (a step size the task diverges at), it says that too (``loss_warning``), and when the
+classifier reads the loss on a run trained with ``--loss lm`` (``lm_warning``). ``classifier["signal"]``
+names the per-step trajectory the decision reads; each row holds the round's local loss beside |GradIP|.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from meerkat_core.gradip.classify import (
     Classifier,
     Decision,
     classifier_from_settings,
+    lm_loss_warning,
     rising_loss_warning,
     short_calibration_warning,
 )
@@ -93,7 +96,9 @@ class ClientRow:
     label_entropy_bits: float | None = None
     assigned_label: int | None = None
     abs_gradip: list[float] = field(default_factory=list)
-    sparkline: str = ""
+    sparkline: str = ""  # of abs_gradip
+    loss: list[float] = field(default_factory=list)  # the client's local loss per step of the round
+    loss_sparkline: str = ""
     history: ClientHistory = field(default_factory=ClientHistory)
 
 
@@ -114,6 +119,11 @@ class Report:
     min_calibration_steps: int = 0
     notes: list[str] = field(default_factory=list)
     loss_warning: str | None = None  # classify.rising_loss_warning: the calibration loss rose for many clients
+    lm_warning: str | None = None  # classify.lm_loss_warning: a loss-reading classifier on a --loss lm run
+
+    @property
+    def signal(self) -> str:
+        return str(self.classifier.get("signal", "gradip"))
 
     @property
     def short_calibration(self) -> bool:
@@ -168,7 +178,7 @@ class Report:
             "outcome": self.outcome, "reason": self.reason, "population": self.population,
             "calibration_steps": self.calibration_steps, "min_calibration_steps": self.min_calibration_steps,
             "short_calibration": self.short_calibration, "warning": self.warning(),
-            "loss_warning": self.loss_warning,
+            "loss_warning": self.loss_warning, "lm_warning": self.lm_warning,
             "detector": self.detector(), "notes": self.notes,
             "clients": [asdict(r) for r in self.rows],
         }
@@ -256,17 +266,18 @@ def build_report(run_dir: str | Path, round_: int | None = None, client: int | N
             label_entropy_bits=info.label_entropy_bits if info is not None else None,
             assigned_label=info.assigned_label if info is not None else None,
             abs_gradip=[float(v) for v in t.abs_gradip], sparkline=sparkline(t.abs_gradip, width=32),
+            loss=[float(v) for v in t.loss], loss_sparkline=sparkline(t.loss, width=32),
             history=client_history(trajs, c),
         ))
     report = Report(
         run=str(run.path), round=r, rounds=rounds, algorithm=algorithm,
         classifier={"name": clf.name, "params": clf.params(), "thresholds": clf.thresholds(),
-                    "min_calibration_steps": clf.min_calibration_steps},
+                    "min_calibration_steps": clf.min_calibration_steps, "signal": clf.signal},
         decision_source="ledger" if use_ledger else "computed", rows=rows,
         partition=str(manifest.path) if manifest is not None else None, outcome=outcome, reason=reason,
         population=decision.population, calibration_steps=decision.calibration_steps,
         min_calibration_steps=decision.min_calibration_steps, notes=notes,
-        loss_warning=rising_loss_warning(items),
+        loss_warning=rising_loss_warning(items), lm_warning=lm_loss_warning(clf, train_cfg.loss),
     )
     if report.warning():
         notes.insert(0, report.warning() or "")
