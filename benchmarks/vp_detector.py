@@ -18,6 +18,9 @@ round): flagged, true / false positives, missed, abstained, and the margins.
     python benchmarks/vp_detector.py --quick            # tiny-llama, well under a minute (CI)
 
 ``sotu_era`` is a 4-class task file over State of the Union passages (benchmarks/_sotu_era.py).
+``--task-lr TASK=LR`` runs a task at its own step size (one at which its IID clients' loss falls: a
+classifier reads how a converging client's signal falls, RESULTS.md section 11). A cached run made with
+other settings (model, steps, lr, batch, loss, eps, clients) is refused, never mixed in.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="calibration lengths scored (prefixes of the --cal-steps round)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--task-lr", nargs="+", default=[], metavar="TASK=LR",
+                   help="this task's lr instead of --lr (a step size at which its IID clients' loss falls)")
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--loss", default="classification", choices=["lm", "classification"])
     p.add_argument("--classifiers", nargs="+", default=list(CLASSIFIERS))
@@ -59,6 +64,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/vp_detector")
     p.add_argument("--json", dest="json_out", help="write the results here (default: OUT/results.json)")
     args = p.parse_args(argv)
+    args.task_lr = parse_task_lr(args.task_lr, args.tasks)
     if args.quick:
         args.model, args.population, args.extreme, args.seeds = "tiny-llama", 6, 2, args.seeds[:1]
         args.cal_steps, args.score_steps, args.batch_size, args.lr = 8, [4, 8], 2, 1e-2
@@ -67,6 +73,39 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         if args.out == p.get_default("out"):
             args.out = "runs/vp_detector_quick"
     return args
+
+
+def parse_task_lr(items: list[str], tasks: list[str]) -> dict[str, float]:
+    """``--task-lr TASK=LR ...`` as a mapping; a task not in ``--tasks`` or an LR that is not a positive
+    number is an error."""
+    out: dict[str, float] = {}
+    for item in items:
+        task, sep, value = item.partition("=")
+        try:
+            lr = float(value)
+        except ValueError:
+            lr = math.nan
+        if not sep or task not in tasks or not lr > 0:
+            raise SystemExit(f"--task-lr {item}: need TASK=LR with TASK one of --tasks ({' '.join(tasks)}) and LR > 0")
+        out[task] = lr
+    return out
+
+
+def run_settings(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    """What a cached calibration run of ``task`` was made with; a cache made otherwise is refused."""
+    return {"model": args.model, "cal_steps": args.cal_steps, "lr": args.task_lr.get(task, args.lr),
+            "batch_size": args.batch_size, "loss": args.loss, "eps": args.eps,
+            "num_clients": args.population + args.extreme}
+
+
+def check_cached(doc: dict[str, Any], want: dict[str, Any], cache: Path) -> dict[str, Any]:
+    """``doc`` (a cached run) when it was made with the settings ``want``; else exit with what differs."""
+    have = {k: doc.get(k) for k in want}
+    have["num_clients"] = len(doc.get("clients", {}))
+    diff = [f"{k} {have[k]!r} (asked {v!r})" for k, v in want.items() if have[k] != v]
+    if diff:
+        raise SystemExit(f"{cache}: cached with other settings: {', '.join(diff)}; use another --out or delete the file")
+    return doc
 
 
 def task_arg(task: str, out: Path, quick: bool) -> str:
@@ -87,8 +126,9 @@ def run_key(task: str, seed: int) -> str:
 def calibration_run(args: argparse.Namespace, out: Path, mask: str, task: str, seed: int) -> dict[str, Any]:
     """One calibration round (cached): per client its GradIP trajectory and the partition's truth."""
     cache = out / "cache" / f"{run_key(task, seed)}.json"
+    want = run_settings(args, task)
     if cache.exists():
-        return json.loads(cache.read_text())
+        return check_cached(json.loads(cache.read_text()), want, cache)
     from meerkat_core.config.train import EvalSettings, TrainConfig, VPSettings
     from meerkat_core.fed.training import run_training
     from meerkat_core.gradip import load_trajectories
@@ -104,7 +144,7 @@ def calibration_run(args: argparse.Namespace, out: Path, mask: str, task: str, s
 
         shutil.rmtree(run)
     cfg = TrainConfig(
-        model=args.model, mask=mask, partition=str(part), task=spec, out=str(run), rounds=1, lr=args.lr, eps=args.eps,
+        model=args.model, mask=mask, partition=str(part), task=spec, out=str(run), rounds=1, lr=want["lr"], eps=args.eps,
         batch_size=args.batch_size, loss=args.loss, seed=seed, device="cpu", eval=EvalSettings(limit=4),
         algorithm="meerkat-vp", vp=VPSettings(calibration_steps=args.cal_steps, classifier="none"),
     )
@@ -115,7 +155,7 @@ def calibration_run(args: argparse.Namespace, out: Path, mask: str, task: str, s
     trajs = load_trajectories(run).for_round(1)
     doc = {
         "key": key, "task": _common.task_label(task), "seed": seed, "run": str(run),
-        "model": args.model, "cal_steps": args.cal_steps, "lr": args.lr, "batch_size": args.batch_size,
+        "model": args.model, "cal_steps": args.cal_steps, "lr": want["lr"], "batch_size": args.batch_size,
         "loss": args.loss, "eps": args.eps, "seconds": seconds, "machine": _common.machine("cpu"),
         "clients": {
             str(c): {"extreme": bool(manifest.clients[c].is_extreme),

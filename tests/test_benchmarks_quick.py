@@ -352,6 +352,25 @@ def test_paper_protocol_quick(tmp_path: Path, tiny_mask: Path) -> None:
         mod.main(argv + ["--eps", "0.002"])
 
 
+def test_vp_detector_task_lr_and_cache_settings(tmp_path: Path) -> None:
+    """--task-lr gives one task its own lr (the others keep --lr), bad items are refused, and a cached
+    calibration run made with another lr or client count is refused, not scored as if it matched."""
+    mod = load("vp_detector")
+    args = mod.parse(["--tasks", "sentiment2", "sotu_era", "--task-lr", "sotu_era=3e-5", "--lr", "1e-4"])
+    assert args.task_lr == {"sotu_era": 3e-5}
+    assert mod.run_settings(args, "sotu_era")["lr"] == 3e-5 and mod.run_settings(args, "sentiment2")["lr"] == 1e-4
+    for bad in (["bbc_news=1e-4"], ["sotu_era"], ["sotu_era=-1"], ["sotu_era=x"]):
+        with pytest.raises(SystemExit, match="--task-lr"):
+            mod.parse(["--tasks", "sentiment2", "sotu_era", "--task-lr", *bad])
+    want = mod.run_settings(args, "sotu_era")
+    doc = {**{k: v for k, v in want.items() if k != "num_clients"}, "clients": {str(c): {} for c in range(13)}}
+    assert mod.check_cached(doc, want, tmp_path / "c.json") is doc
+    with pytest.raises(SystemExit, match=r"c\.json: cached with other settings: lr 0\.0001 \(asked 3e-05\)"):
+        mod.check_cached({**doc, "lr": 1e-4}, want, tmp_path / "c.json")
+    with pytest.raises(SystemExit, match=r"num_clients 12 \(asked 13\)"):
+        mod.check_cached({**doc, "clients": {str(c): {} for c in range(12)}}, want, tmp_path / "c.json")
+
+
 def test_sotu_era_task_file_loads(tmp_path: Path) -> None:
     """vp_detector's held-out 4-class task: the file it writes is a valid task file (only task keys; the
     builder's version and counts beside it) whose splits hold the counts it recorded, every era in both."""
