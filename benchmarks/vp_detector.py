@@ -155,8 +155,8 @@ def calibration_run(args: argparse.Namespace, out: Path, mask: str, task: str, s
     trajs = load_trajectories(run).for_round(1)
     doc = {
         "key": key, "task": _common.task_label(task), "seed": seed, "run": str(run),
-        "model": args.model, "cal_steps": args.cal_steps, "lr": want["lr"], "batch_size": args.batch_size,
-        "loss": args.loss, "eps": args.eps, "seconds": seconds, "machine": _common.machine("cpu"),
+        **{k: v for k, v in want.items() if k != "num_clients"},  # read back by check_cached
+        "seconds": seconds, "machine": _common.machine("cpu"),
         "clients": {
             str(c): {"extreme": bool(manifest.clients[c].is_extreme),
                      "label_entropy_bits": manifest.clients[c].label_entropy_bits,

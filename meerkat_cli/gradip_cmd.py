@@ -12,6 +12,7 @@ from rich.table import Table
 from meerkat_cli.common import JSON_PARAM, cli_errors, emit_json, err, new_app, out, print_table
 from meerkat_cli.options import config_command
 from meerkat_core.config import InspectConfig
+from meerkat_core.gradip.classify import SIGNAL_LABELS
 
 gradip_app = new_app(help="GradIP trajectories of a run.", no_args_is_help=True)
 
@@ -94,8 +95,7 @@ def _footer(rep: Any) -> list[str]:
                      f"quiet level sigma = {p['quiet_factor']} x initial mean")
     pop = rep.population
     if "centre" in pop:
-        what = "loss" if rep.signal == "loss" else "|GradIP|"
-        lines.append(f"population: {int(pop['clients'])} clients; the others' later {what} level "
+        lines.append(f"population: {int(pop['clients'])} clients; the others' later {SIGNAL_LABELS[rep.signal]} level "
                      f"{math.exp(pop['centre']):.3g} (log {pop['centre']:.3g}), "
                      f"scale {pop['scale']:.3g} (noise floor {pop['noise_floor']:.3g}) in log units; "
                      f"gap {pop['gap']:.3g} scales after the {int(pop['split'])} lowest")

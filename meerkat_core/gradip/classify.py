@@ -3,10 +3,11 @@
 A classifier looks at the whole round at once, ``classify(trajectories) -> Decision``, so it can decide
 relative to the population of clients (the default ``loss`` and ``population``) or client by client (the
 paper's rule, ``rho``). ``Classifier.signal`` names the per-step trajectory the decision reads
-(``"loss"``: the client's local loss; ``"gradip"``: |GradIP|), so reports and plots show that one. A ``Decision`` holds per client the statistics and margins (``value / threshold``,
-oriented so that > 1 passes), the flagged clients, the outcome (``flagged``, ``none``: nobody stands
-out, ``abstained``: the separation is not clear, nobody flagged) and its reason, and whether the
-calibration was shorter than the classifier needs (``min_calibration_steps``).
+(``"loss"``: the client's local loss; ``"gradip"``: |GradIP|; ``SIGNAL_LABELS`` says them), so reports
+and plots show that one. A ``Decision`` holds per client the statistics and margins (``value /
+threshold``, oriented so that > 1 passes), the flagged clients, the outcome (``flagged``, ``none``:
+nobody stands out, ``abstained``: the separation is not clear, nobody flagged) and its reason, and
+whether the calibration was shorter than the classifier needs (``min_calibration_steps``).
 
 Each classifier is registered with its own small parameter dataclass:
 ``@register_classifier("name", params=MyParams)`` on a factory ``f(params: MyParams) -> Classifier``.
@@ -34,7 +35,7 @@ from meerkat_core.gradip.trajectories import Trajectory
 
 DEFAULT_CLASSIFIER = VPSettings().classifier  # declared once, in `meerkat train`'s settings
 OUTCOMES = ("flagged", "none", "abstained")
-SIGNALS = ("gradip", "loss")  # Trajectory attributes a classifier may read (Classifier.signal)
+SIGNAL_LABELS = {"gradip": "|GradIP|", "loss": "local loss"}  # Classifier.signal -> how reports name it
 
 
 def short_calibration_warning(steps: int, needed: int, classifier: str) -> str | None:
@@ -130,7 +131,7 @@ class Decision:
 class Classifier(Protocol):
     name: str
     min_calibration_steps: int
-    signal: str  # the per-step trajectory the decision reads: "loss" or "gradip" (SIGNALS)
+    signal: str  # the per-step trajectory the decision reads: a key of SIGNAL_LABELS
 
     def classify(self, trajectories: Mapping[int, Trajectory]) -> Decision: ...
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from meerkat_core.atomic import atomic_path
+from meerkat_core.gradip.classify import SIGNAL_LABELS
 from meerkat_core.gradip.report import Report
 from meerkat_core.gradip.stats import phase_slices
 
@@ -26,9 +27,6 @@ def _smooth(a: np.ndarray, w: int) -> np.ndarray:
 
 
 COLOURS = {True: "#d62728", False: "#1f77b4", None: "#7f7f7f"}  # single-label, other, partition unknown
-
-
-SIGNAL_LABELS = {"gradip": "|GradIP|", "loss": "local loss"}
 
 
 def _series(row: Any, signal: str) -> np.ndarray:
