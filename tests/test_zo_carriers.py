@@ -182,13 +182,17 @@ def test_cuda_bf16_client_cpu_server_replay_and_estimate():
 
 @pytest.mark.parametrize("dtype", LOW)
 def test_addmm_adds_the_correction_before_rounding(dtype):
-    """The corrected linear layers rely on it: addmm(C, A, B) rounds C + A @ B once (C enters the fp32
-    accumulator), so a correction far below the output's ulp still shifts the outputs by C on average."""
+    """The corrected linear layers rely on it: C.addmm_(A, B) rounds C + A @ B once (C enters the fp32
+    accumulator), so a correction far below the output's ulp still shifts the outputs by C on average;
+    in place it gives the same bits as torch.addmm(C, A, B)."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(256, 256, generator=gen).to(dtype)
     b = (torch.randn(256, 512, generator=gen) / 16).to(dtype)
     plain = torch.mm(a, b).float()
     for c in (1e-3, -3e-4):
-        shifted = torch.addmm(torch.full((256, 512), c, dtype=dtype), a, b).float()
+        out_of_place = torch.addmm(torch.full((256, 512), c, dtype=dtype), a, b)
+        shifted = torch.full((256, 512), c, dtype=dtype).addmm_(a, b)
+        assert torch.equal(shifted, out_of_place)
+        shifted = shifted.float()
         assert (shifted != plain).float().mean() > 0.05  # a second rounding would erase most of them
         assert float((shifted - plain).mean()) == pytest.approx(torch.tensor(c, dtype=dtype).item(), rel=0.05)

@@ -14,7 +14,7 @@ the computation, while everything else keeps running in the low-precision dtype:
 * ``corrected`` linear layers: an ``nn.Linear`` weight ``W`` with masked coordinates keeps its dtype
   and holds the base ``b = round(x)`` there; a small matrix ``D`` (out x |C|, over the layer's masked
   input features ``C``) holds the remainder ``round(value - b)``, a small number that the
-  low-precision dtype represents to 2^-9 of itself. The forward is ``addmm(x_C D^T + bias, x, W^T)``:
+  low-precision dtype represents to 2^-9 of itself. The forward is ``(x_C D^T + bias).addmm_(x, W^T)``:
   the GEMM adds the correction to its fp32 accumulator before the one rounding of the output (checked
   by ``tests/test_zo_carriers.py`` on the machine's kernel), exactly where a perturbation of W itself
   would enter. SmolLM2's mask concentrates on few input channels (2,447 over its 210 linear layers),
@@ -64,7 +64,9 @@ class CorrectedLinear:
             x = x.to(w.dtype)
         x2 = x.reshape(-1, x.shape[-1])
         corr = F.linear(x2.index_select(1, self.cols), self.corr, self.module.bias)
-        return torch.addmm(corr, x2, w.t()).view(*x.shape[:-1], w.shape[0])
+        # in place: the same bits as torch.addmm(corr, ...) without copying corr into a new output
+        # (8% of a SmolLM2-sized layer's time with AMX-BF16, benchmarks/RESULTS.md section 10.2)
+        return corr.addmm_(x2, w.t()).view(*x.shape[:-1], w.shape[0])
 
 
 @dataclass
