@@ -12,6 +12,10 @@ Three sections, each on the model as ``load_model`` returns it and on real task 
   one process, process CPU time and wall time.
 * ``accuracy``: ``meerkat train`` runs at an equal budget per task x dtype x seed (finished runs are
   read back), their final test accuracy, and the seconds per client step of their rounds.
+* ``sources`` (not in the default sections): where the carriers' remaining error comes from. The
+  low-precision linear layers are emulated in fp32 arithmetic on the same low-precision weights, with
+  either their inputs or their outputs left unrounded (``exact inputs`` / ``exact outputs``), and g is
+  compared with the fp32 g at the same eps; slow (fp32 GEMMs), a diagnostic only.
 
     python benchmarks/precision.py --mask MASK [--sections errors timing accuracy] [--json FILE]
     python benchmarks/precision.py --quick    # tiny-llama, a few keys, one short run per dtype (CI)
@@ -32,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-SECTIONS = ("errors", "timing", "accuracy")
+SECTIONS = ("errors", "timing", "accuracy", "sources")
 REF_EPS = 1e-3
 
 
@@ -41,7 +45,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny-llama, few keys and reps, one short run per dtype")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--mask", help="mask file (default with --quick: computed into --work)")
-    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS[:3]),
+                   help="default: errors timing accuracy (sources is a slow diagnostic)")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=["fp32", "bf16", "fp16"])
     p.add_argument("--modes", nargs="+", default=["carriers", "rounded"], choices=["carriers", "rounded"],
                    help="write modes of the low-precision dtypes compared in the errors and timing sections")
@@ -304,6 +309,62 @@ def section_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         "eps": {r["dtype"]: r["eps"] for r in rows}}}
 
 
+SOURCES = ("as is", "exact inputs", "exact outputs")
+
+
+def _emulate_linears(model: Any, carriers: Any, variant: str) -> None:
+    """Every low-precision ``nn.Linear`` (its correction included) computes in fp32 from its weights'
+    low-precision values; ``exact inputs``: from the unrounded input, output rounded; ``exact outputs``:
+    from the rounded input, output left fp32. Only for the ``sources`` section (the model is thrown away)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from meerkat_core.models.dtypes import LOW_PRECISION
+
+    corrected = {id(c.module): c for c in carriers.corrected.values()}
+    for mod in model.modules():
+        if not isinstance(mod, nn.Linear) or mod.weight.dtype not in LOW_PRECISION:
+            continue
+        w32, low = mod.weight.detach().float(), mod.weight.dtype
+        b32 = None if mod.bias is None else mod.bias.detach().float()
+
+        def forward(x: Any, mod: Any = mod, c: Any = corrected.get(id(mod)), w32: Any = w32, b32: Any = b32,
+                    low: Any = low) -> Any:
+            xin = x.float() if variant == "exact inputs" else x.to(low).float()
+            y = F.linear(xin, w32, b32)
+            if c is not None:  # the correction D changes with every write: read it live
+                y = y + F.linear(xin.index_select(-1, c.cols), c.corr.float())
+            return y if variant == "exact outputs" else y.to(low)
+
+        mod.forward = forward
+
+
+def section_sources(args: argparse.Namespace) -> dict[str, Any]:
+    import gc
+
+    loaded, coords = _load(args, "fp32")
+    enc, batches = _batches(args, loaded)
+    ref = {eps: _g_values(args, loaded, coords, enc, batches, eps) for eps in args.eps}
+    del loaded, coords
+    gc.collect()
+    rows = []
+    for dtype in (d for d in args.dtypes if d != "fp32"):
+        for variant in SOURCES:
+            loaded, coords = _load(args, dtype, carriers=True)
+            if variant != "as is":
+                _emulate_linears(loaded.model, coords.carriers, variant)
+            for eps in args.eps:
+                gs = _g_values(args, loaded, coords, enc, batches, eps)
+                row = {"dtype": dtype, "variant": variant, "eps": eps, **_rel_stats(gs, ref[eps]), "g": gs}
+                rows.append(row)
+                print(f"{dtype} {variant} eps {eps:g}: median rel err vs fp32 at the same eps {row['median']:.4f}, "
+                      f"p90 {row['p90']:.4f}", flush=True)
+            del loaded, coords
+            gc.collect()
+    return {"reference": {str(e): g for e, g in ref.items()}, "rows": rows}
+
+
 def print_tables(doc: dict[str, Any]) -> None:
     if "errors" in doc:
         print(f"\n{'dtype':<6} {'writes':<9} {'eps':>7} {'median rel err':>15} {'p90':>8} {'sign flips':>11} {'erased':>7}")
@@ -311,6 +372,11 @@ def print_tables(doc: dict[str, Any]) -> None:
             er = f"{r['erased_share']:.3f}" if r.get("erased_share") is not None else "-"
             print(f"{r['dtype']:<6} {r['mode']:<9} {r['eps']:>7g} {r['median']:>15.4f} {r['p90']:>8.4f} "
                   f"{r['sign_flips']:>5}/{r['n']:<5} {er:>7}")
+    if "sources" in doc:
+        print(f"\n{'dtype':<6} {'linear layers':<14} {'eps':>7} {'median rel err':>15} {'p90':>8} {'sign flips':>11}")
+        for r in doc["sources"]["rows"]:
+            print(f"{r['dtype']:<6} {r['variant']:<14} {r['eps']:>7g} {r['median']:>15.4f} {r['p90']:>8.4f} "
+                  f"{r['sign_flips']:>5}/{r['n']:<5}")
     if "timing" in doc:
         print(f"\n{'dtype':<12} {'2 forwards s':>12} {'step s':>8} {'step/2fwd':>10} {'(cpu)':>7} {'fp32 step/step':>15}")
         for r in doc["timing"]["rows"]:

@@ -263,6 +263,23 @@ def test_precision_quick(tmp_path: Path, tiny_mask: Path) -> None:
     assert doc["cpu_bf16"]["auto"] in ("fp32", "bf16")
 
 
+def test_precision_sources_emulates_the_linear_layers(tmp_path: Path, tiny_mask: Path) -> None:
+    """precision.py --sections sources: each variant's g against the fp32 g at the same eps; the emulated
+    variants really replace the low-precision linear layers (their g differ from the carriers' own)."""
+    out = tmp_path / "sources.json"
+    doc = load("precision").main(["--quick", "--mask", str(tiny_mask), "--work", str(tmp_path / "w"), "--json", str(out),
+                                  "--sections", "sources", "--dtypes", "fp32", "bf16", "--eps", "1e-3", "3e-3"])
+    assert json.loads(out.read_text())["sources"]["rows"] == doc["sources"]["rows"]
+    rows = {(r["variant"], r["eps"]): r for r in doc["sources"]["rows"]}
+    assert set(rows) == {(v, e) for v in ("as is", "exact inputs", "exact outputs") for e in (1e-3, 3e-3)}
+    assert set(doc["sources"]["reference"]) == {"0.001", "0.003"}
+    for r in rows.values():
+        assert r["dtype"] == "bf16" and r["n"] == 6 and 0 <= r["median"] <= r["p90"] and math.isfinite(r["p90"])
+    for eps in (1e-3, 3e-3):
+        plain = rows[("as is", eps)]["g"]
+        assert rows[("exact inputs", eps)]["g"] != plain and rows[("exact outputs", eps)]["g"] != plain
+
+
 def test_paper_protocol_selection_verdicts_and_plan(tmp_path: Path, capsys) -> None:
     """benchmarks/paper_protocol.py without a model: the lr rule (best validation mean, ties to the smaller
     lr, only complete cells), the verdicts, the partition names, the validation slice and --plan's counts."""
