@@ -1,14 +1,15 @@
 """The run dtype: names, and what ``--dtype auto`` picks on this machine (and why).
 
 ``auto`` is fp32 for now, everywhere: bf16 becomes the default where the hardware computes it natively
-once the ZO step has been measured to estimate g and learn like fp32 there (issue #20). Measured on a CPU
-with AVX512-BF16 (benchmarks/RESULTS.md section 10.1): bf16 matched fp32's test accuracy after equal
-steps (within 0.007, 3 seeds, sentiment2 and sentiment3) and its rounds were ~1.6x faster, but with the
-fp32 carriers (``zo/carriers.py``) its estimate of g is 20% off the fp32 one on SmolLM2 (median, target
-5%; 10.8% where torch emulated bf16). The reason recorded with a run says what this machine has:
+once the ZO step has been measured to estimate g and learn like fp32 there (issue #20). Measured on CPUs
+with AVX512-BF16 and with AMX-BF16 (benchmarks/RESULTS.md sections 10.1-10.2): bf16 matched fp32's test
+accuracy after equal steps (within 0.007, 3 seeds, sentiment2 and sentiment3) and its rounds were 1.6x
+(AVX512-BF16) and 2.1x (AMX) faster, but with the fp32 carriers (``zo/carriers.py``) its estimate of g is
+16-20% off the fp32 one on SmolLM2 (median, target 5%; the bf16 rounding of the linear layers' inputs and
+outputs). The reason recorded with a run says what this machine has:
 
 * a CPU with AMX-BF16 or AVX512-BF16 (torch's own probes, else the ``/proc/cpuinfo`` flags): bf16
-  forwards are 1.6x (AVX512-BF16) to ~3x (AMX) faster than fp32 there, one ``--dtype bf16`` away.
+  rounds are 1.6x (AVX512-BF16) to 2.1x (AMX) faster than fp32 there, one ``--dtype bf16`` away.
   Without them (e.g. AVX2 only) torch emulates bf16 and a forward is ~7x *slower* than fp32.
 * CUDA: fp32 for now. The reduced-precision step has not been measured on a GPU (no device was
   available); bf16 there is one explicit ``--dtype bf16`` away.
