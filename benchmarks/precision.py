@@ -8,8 +8,9 @@ Three sections, each on the model as ``load_model`` returns it and on real task 
   keys (median, 90th percentile, sign flips); g_fp32 is the fp32 model's at eps 1e-3. For rounded writes
   also the share of masked coordinates whose +eps z perturbation is erased by the rounding.
 * ``timing``: the training step (``zo_step`` with the client's loss) against two plain forwards of the
-  same batch, and each dtype's step against the fp32 step; repetitions interleaved across dtypes in
-  one process, process CPU time and wall time.
+  same batch, and each dtype's step against the fp32 step, averaged over the ``--batches`` real batches
+  (their lengths vary as in training); passes interleaved across dtypes in one process, process CPU
+  time and wall time.
 * ``accuracy``: ``meerkat train`` runs at an equal budget per task x dtype x seed (finished runs are
   read back), their final test accuracy, and the seconds per client step of their rounds.
 * ``sources`` (not in the default sections): where the carriers' remaining error comes from. The
@@ -56,7 +57,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=4, help="distinct real batches the keys cycle through")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eps", type=float, nargs="+", default=[1e-3], help="eps values of the low-precision steps")
-    p.add_argument("--reps", type=int, default=3, help="timing repetitions per dtype")
+    p.add_argument("--reps", type=int, default=3, help="timing passes per dtype, each over every one of --batches")
     p.add_argument("--acc-tasks", nargs="+", default=["sentiment2", "sentiment3"])
     p.add_argument("--acc-dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     p.add_argument("--acc-eps", nargs="+", default=[], metavar="DTYPE=EPS",
@@ -207,38 +208,45 @@ def section_timing(args: argparse.Namespace) -> dict[str, Any]:
             name = dtype if mode == "carriers" else f"{dtype}-rounded"
             loaded, coords = _load(args, dtype, carriers=None if mode == "carriers" else False)
             enc, batches = _batches(args, loaded)
-            setups[name] = (loaded, coords, _loss_fn(args, loaded, coords, enc, batches[0]))
-            shape = [len(batches[0]), max(len(enc.prompts[i]) for i in batches[0])]
+            # every repetition times the next of --batches real batches (the same one for every dtype): one
+            # batch's length alone is not what training sees (RESULTS 10.2: 65 tokens there, a median 51 in rounds)
+            setups[name] = (loaded, coords, [_loss_fn(args, loaded, coords, enc, b) for b in batches])
+            shapes = [[len(b), max(len(enc.prompts[i]) for i in b)] for b in batches]
     times: dict[str, dict[str, list[float]]] = {d: {"fwd2": [], "step": [], "fwd2_cpu": [], "step_cpu": []} for d in setups}
-    step_no = [0]
+    step_no, rep = [0], [0]
 
     def step(dtype: str) -> None:
-        _, coords, fn = setups[dtype]
-        zo_step(coords, fn, derive_key(21, 0, 0, step_no[0]), 1e-9, REF_EPS)
+        _, coords, fns = setups[dtype]
+        zo_step(coords, fns[rep[0] % len(fns)], derive_key(21, 0, 0, step_no[0]), 1e-9, REF_EPS)
         step_no[0] += 1
 
     def forwards(dtype: str) -> None:
+        fn = setups[dtype][2][rep[0] % len(setups[dtype][2])]
         with torch.inference_mode():
-            setups[dtype][2]()
-            setups[dtype][2]()
+            fn()
+            fn()
 
     for dtype in setups:  # warm-up
         forwards(dtype)
         step(dtype)
-    for _ in range(args.reps):
+    for _ in range(args.reps):  # a pass times every batch; a pass's time is the mean over its batches
         for dtype in setups:
-            for what, fn in (("fwd2", forwards), ("step", step)):
-                t, c = time.perf_counter(), time.process_time()
-                fn(dtype)
-                times[dtype][what].append(time.perf_counter() - t)
-                times[dtype][what + "_cpu"].append(time.process_time() - c)
+            acc = {k: 0.0 for k in times[dtype]}
+            for rep[0] in range(len(batches)):
+                for what, fn in (("fwd2", forwards), ("step", step)):
+                    t, c = time.perf_counter(), time.process_time()
+                    fn(dtype)
+                    acc[what] += time.perf_counter() - t
+                    acc[what + "_cpu"] += time.process_time() - c
+            for k, v in acc.items():
+                times[dtype][k].append(v / len(batches))
     rows = []
     med = {d: {k: statistics.median(v) for k, v in t.items()} for d, t in times.items()}
     for dtype, m in med.items():
         row = {"dtype": dtype, "two_forwards_s": m["fwd2"], "step_s": m["step"], "step_over_two_forwards": m["step"] / m["fwd2"],
                "step_over_two_forwards_cpu": m["step_cpu"] / m["fwd2_cpu"],
                "carriers": setups[dtype][1].carriers.summary() if setups[dtype][1].carriers else None,
-               "batch_shape": shape}
+               "batch_shapes": shapes}
         if "fp32" in med:
             row["fp32_step_over_step"] = med["fp32"]["step"] / m["step"]
             row["fp32_step_over_step_cpu"] = med["fp32"]["step_cpu"] / m["step_cpu"]

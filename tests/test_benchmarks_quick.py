@@ -255,6 +255,8 @@ def test_precision_quick(tmp_path: Path, tiny_mask: Path) -> None:
     assert set(timing) == {"fp32", "bf16", "fp16", "bf16-rounded", "fp16-rounded"}
     for r in timing.values():
         assert finite_pos(r["two_forwards_s"]) and finite_pos(r["step_over_two_forwards_cpu"])
+        assert len(r["batch_shapes"]) == 2 and all(b[0] == 8 for b in r["batch_shapes"])  # every --batches batch timed
+    assert len(doc["timing"]["raw"]["fp32"]["step"]) == 2  # one time per pass (--reps 2 under --quick)
     assert timing["fp32"]["fp32_step_over_step"] == pytest.approx(1.0)
     acc = doc["accuracy"]
     assert {(r["dtype"], r["seed"]) for r in acc["rows"]} == {("fp32", 0), ("bf16", 0)}
