@@ -208,8 +208,8 @@ def section_timing(args: argparse.Namespace) -> dict[str, Any]:
             name = dtype if mode == "carriers" else f"{dtype}-rounded"
             loaded, coords = _load(args, dtype, carriers=None if mode == "carriers" else False)
             enc, batches = _batches(args, loaded)
-            # every repetition times the next of --batches real batches (the same one for every dtype): one
-            # batch's length alone is not what training sees (RESULTS 10.2: 65 tokens there, a median 51 in rounds)
+            # every pass times all --batches real batches (the same ones for every dtype): one batch's length
+            # alone is not what training sees (RESULTS 10.2: 65 tokens there, a median 51 in rounds)
             setups[name] = (loaded, coords, [_loss_fn(args, loaded, coords, enc, b) for b in batches])
             shapes = [[len(b), max(len(enc.prompts[i]) for i in b)] for b in batches]
     times: dict[str, dict[str, list[float]]] = {d: {"fwd2": [], "step": [], "fwd2_cpu": [], "step_cpu": []} for d in setups}
@@ -217,11 +217,11 @@ def section_timing(args: argparse.Namespace) -> dict[str, Any]:
 
     def step(dtype: str) -> None:
         _, coords, fns = setups[dtype]
-        zo_step(coords, fns[rep[0] % len(fns)], derive_key(21, 0, 0, step_no[0]), 1e-9, REF_EPS)
+        zo_step(coords, fns[rep[0]], derive_key(21, 0, 0, step_no[0]), 1e-9, REF_EPS)
         step_no[0] += 1
 
     def forwards(dtype: str) -> None:
-        fn = setups[dtype][2][rep[0] % len(setups[dtype][2])]
+        fn = setups[dtype][2][rep[0]]
         with torch.inference_mode():
             fn()
             fn()

@@ -65,7 +65,7 @@ class CorrectedLinear:
         x2 = x.reshape(-1, x.shape[-1])
         corr = F.linear(x2.index_select(1, self.cols), self.corr, self.module.bias)
         # in place: the same bits as torch.addmm(corr, ...) without copying corr into a new output
-        # (8% of a SmolLM2-sized layer's time with AMX-BF16, benchmarks/RESULTS.md section 10.2)
+        # (two bf16 SmolLM2 forwards 2.8-4.4% faster with AMX-BF16, benchmarks/RESULTS.md section 10.2)
         return corr.addmm_(x2, w.t()).view(*x.shape[:-1], w.shape[0])
 
 
