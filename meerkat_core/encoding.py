@@ -60,6 +60,11 @@ class Batch:
         return Batch(*(t.to(device, non_blocking=True) for t in (
             self.input_ids, self.attention_mask, self.position_ids, self.target_ids, self.target_mask)))
 
+    def doubled(self) -> "Batch":
+        """The batch twice, rows [0, B) then the same rows again: a paired forward's two halves."""
+        return Batch(*(torch.cat((t, t)) for t in (
+            self.input_ids, self.attention_mask, self.position_ids, self.target_ids, self.target_mask)))
+
     @property
     def size(self) -> int:
         return int(self.input_ids.shape[0])

@@ -7,7 +7,8 @@ whatever the model's dtype.
 A class's score is the *mean* log-likelihood of its label word's tokens given the prompt (MeZO's
 default, ``one_step_pred``: length-normalised, so a long word is not penalised for its length); for
 one-token words it is that token's log-probability. Evaluation takes the arg-max of the scores; the
-classification loss is the cross-entropy of the true class over them.
+classification loss is the cross-entropy of the true class over them. The ``paired_*`` losses take a
+``Batch.doubled()`` batch and return the mean loss of each half (zo/paired.py).
 """
 
 from __future__ import annotations
@@ -68,6 +69,31 @@ def classification_loss(model: Any, batch: Batch, candidate_ids: list[int]) -> t
     logp = last_logits(model, batch)[:, cand].log_softmax(dim=-1)
     true = (batch.target_ids[:, -1:] == cand.unsqueeze(0)).float()  # one-hot [B, C]
     return -(logp * true).sum(dim=-1).mean()
+
+
+def _half_means(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n = rows.shape[0] // 2
+    return rows[:n].mean(), rows[n:].mean()
+
+
+def paired_label_loss(model: Any, doubled: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``label_loss`` of each half of a doubled batch."""
+    return _half_means(-target_logprobs(model, doubled))
+
+
+def paired_classification_loss(model: Any, doubled: Batch, candidate_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``classification_loss`` of each half of a doubled batch."""
+    cand = torch.tensor(candidate_ids, device=doubled.target_ids.device)
+    logp = last_logits(model, doubled)[:, cand].log_softmax(dim=-1)
+    true = (doubled.target_ids[:, -1:] == cand.unsqueeze(0)).float()
+    return _half_means(-(logp * true).sum(dim=-1))
+
+
+def paired_multi_token_classification_loss(model: Any, doubled: Batch, labels: torch.Tensor, num_classes: int
+                                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``multi_token_classification_loss`` of each half of a doubled ``candidate_batch`` (``labels``: one half's)."""
+    logp = candidate_scores(model, doubled, num_classes).log_softmax(dim=-1)
+    return _half_means(-logp.gather(1, torch.cat((labels, labels)).view(-1, 1)).squeeze(1))
 
 
 def multi_token_classification_loss(model: Any, batch: Batch, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

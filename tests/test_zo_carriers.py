@@ -117,11 +117,14 @@ def test_low_precision_estimate_agrees_with_fp32(dtype, eps, tol):
     assert rounded >= 1.5 * carried
 
 
+@pytest.mark.parametrize("paired", [False, True], ids=["two-forwards", "paired"])
 @pytest.mark.parametrize("dtype", LOW)
-def test_low_precision_replay_is_bitwise(dtype):
+def test_low_precision_replay_is_bitwise(dtype, paired):
+    """Steps with carriers, two forwards or one paired forward (zo/paired.py): the server's replay from
+    the g values ends on the client's master bit for bit, and the same steps again give the same g."""
     model = low_model(dtype)
-    coords = SparseCoordinates(model, random_mask(model, 800, seed=4))
-    assert coords.carriers is not None
+    coords = SparseCoordinates(model, random_mask(model, 800, seed=4), paired=paired)
+    assert coords.carriers is not None and (coords.paired is not None) == paired
     x0 = coords.values()
     keys = [derive_key(42, 3, 1, t) for t in range(12)]
     results = [zo_step(coords, causal_lm_loss_fn(model, IDS), k, 1e-2, 1e-3) for k in keys]
@@ -129,6 +132,9 @@ def test_low_precision_replay_is_bitwise(dtype):
     end = replay(x0, keys, [r.g for r in results], 1e-2)
     assert torch.equal(end, coords.master)
     carried_close(coords, coords.master, dtype)
+    coords.set_values(x0)
+    again = [zo_step(coords, causal_lm_loss_fn(model, IDS), k, 1e-2, 1e-3) for k in keys]
+    assert [r.g for r in again] == [r.g for r in results]
 
 
 def test_unflatten_keeps_carriers_working():

@@ -16,8 +16,15 @@ from meerkat_core.encoding import EncodedSet, candidate_batch, label_batch
 from meerkat_core.errors import MeerkatError
 from meerkat_core.fed.protocol import ClientReply, RoundInstruction
 from meerkat_core.fed.state import apply_history, state_crc
-from meerkat_core.scoring import classification_loss, label_loss, multi_token_classification_loss
-from meerkat_core.zo import SparseCoordinates, derive_key, zo_step
+from meerkat_core.scoring import (
+    classification_loss,
+    label_loss,
+    multi_token_classification_loss,
+    paired_classification_loss,
+    paired_label_loss,
+    paired_multi_token_classification_loss,
+)
+from meerkat_core.zo import SparseCoordinates, StepLoss, derive_key, zo_step
 
 
 def data_order(seed: int, client: int, n: int, epoch: int) -> list[int]:
@@ -54,18 +61,22 @@ class ClientRuntime:
     batch_size: int
     loss: str = "classification"  # over the label words' scores; "lm": CE of the label word over the vocabulary
 
-    def loss_fn(self, data: EncodedSet, indices: list[int]) -> Any:
-        """The step's loss as a closure (called twice per ZO step, so its inputs are built once here)."""
+    def loss_fn(self, data: EncodedSet, indices: list[int]) -> StepLoss:
+        """The step's loss (its inputs built once here): two forwards, or one paired forward (zo/paired.py)."""
         device = self.coords.device
+        m = self.model
         if self.loss == "classification" and not data.label_words.single_token:
             cand = candidate_batch(data, indices, self.pad_id).to(device)
             labels = torch.tensor([data.labels[i] for i in indices], device=device)
             c = len(data.label_words.token_ids)
-            return lambda: multi_token_classification_loss(self.model, cand, labels, c)
+            return StepLoss(lambda: multi_token_classification_loss(m, cand, labels, c),
+                            lambda: paired_multi_token_classification_loss(m, cand.doubled(), labels, c))
         batch = label_batch(data, indices, self.pad_id).to(device)
         if self.loss == "classification":
-            return lambda: classification_loss(self.model, batch, data.label_words.first_ids)
-        return lambda: label_loss(self.model, batch)
+            ids = data.label_words.first_ids
+            return StepLoss(lambda: classification_loss(m, batch, ids),
+                            lambda: paired_classification_loss(m, batch.doubled(), ids))
+        return StepLoss(lambda: label_loss(m, batch), lambda: paired_label_loss(m, batch.doubled()))
 
 
 class ZOClient:

@@ -6,11 +6,12 @@ See METHOD.md sections 2-4 and each module's docstring.
 
 from meerkat_core.zo.coordinates import SparseCoordinates, TensorSpan
 from meerkat_core.zo.rng import derive_key, normal, normal_chunks
-from meerkat_core.zo.step import StepResult, projected_grad, replay, zo_step
+from meerkat_core.zo.step import StepLoss, StepResult, projected_grad, replay, two_losses, zo_step
 from meerkat_core.zo.update import apply_update, update_coef
 
 __all__ = [
     "SparseCoordinates",
+    "StepLoss",
     "StepResult",
     "TensorSpan",
     "apply_update",
@@ -19,6 +20,7 @@ __all__ = [
     "normal_chunks",
     "projected_grad",
     "replay",
+    "two_losses",
     "update_coef",
     "zo_step",
 ]

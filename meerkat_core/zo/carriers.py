@@ -80,6 +80,7 @@ class Carriers:
     rounded_k: int = 0  # masked coordinates that are written rounded (no carrier)
     fp32_embedding: bool = False  # an fp32 input embedding: the residual stream is fp32
     hooks: list[Any] = field(default_factory=list)
+    paired: bool = False  # inside a paired forward (paired.py): the hooks below stand aside
 
     def summary(self) -> dict[str, Any]:
         return {"compute_dtype": str(self.compute_dtype).removeprefix("torch."), "fp32_tensors": len(self.fp32),
@@ -87,6 +88,13 @@ class Carriers:
                 "correction_columns": sum(c.cols.numel() for c in self.corrected.values()),
                 "correction_elements": int(self.buffer.numel()) if self.buffer is not None else 0,
                 "rounded_k": self.rounded_k}
+
+
+def _cast_inputs(carriers: Carriers) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        return None if carriers.paired else _cast_inputs_to_weight(module, args)
+
+    return hook
 
 
 def _cast_inputs_to_weight(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -98,8 +106,10 @@ def _cast_inputs_to_weight(module: nn.Module, args: tuple[Any, ...]) -> tuple[An
     return (args[0].to(w.dtype), *args[1:])
 
 
-def _cast_outputs(dtype: torch.dtype) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+def _cast_outputs(carriers: Carriers, dtype: torch.dtype) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
     def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        if carriers.paired:
+            return out
         if torch.is_tensor(out):
             return out.to(dtype) if out.is_floating_point() else out
         if isinstance(out, tuple):
@@ -173,9 +183,9 @@ def install_carriers(model: nn.Module, masked: list[tuple[nn.Parameter, torch.Te
         if corrected is not None:
             mod.forward = corrected.forward  # an instance attribute: nn.Module.__call__ runs it, hooks included
         elif isinstance(mod, nn.Linear):
-            carriers.hooks.append(mod.register_forward_pre_hook(_cast_inputs_to_weight))
+            carriers.hooks.append(mod.register_forward_pre_hook(_cast_inputs(carriers)))
         if carriers.fp32_embedding and "Rotary" in type(mod).__name__:
-            carriers.hooks.append(mod.register_forward_hook(_cast_outputs(cd)))
+            carriers.hooks.append(mod.register_forward_hook(_cast_outputs(carriers, cd)))
     return carriers
 
 

@@ -43,6 +43,7 @@ from meerkat_core.errors import MeerkatError, MeerkatInputError
 from meerkat_core.zo import rng
 from meerkat_core.zo.relocate import Relocator
 from meerkat_core.zo.carriers import LOW_PRECISION, CarriedWrites, Carriers, install_carriers
+from meerkat_core.zo.paired import PairedForward, build_paired
 from meerkat_core.zo.update import apply_update
 
 __all__ = ["SparseCoordinates", "TensorSpan"]
@@ -192,6 +193,9 @@ class SparseCoordinates:
         carriers: give the coordinates of a bf16/fp16 model fp32-exact carriers (``carriers.py``) so
             that its forwards see ``x +- eps z``; None (default): when the masked weights are bf16 or
             fp16, the mask is sparse and z is held for the step (k <= ``z_cache_limit``).
+        paired: with carriers, run a step's two forwards as one paired forward (``paired.py``: both
+            halves of a doubled batch, every low-precision GEMM on their sum and difference); None
+            (default): whenever the model allows it (``self.paired`` is then not None).
     """
 
     def __init__(
@@ -204,6 +208,7 @@ class SparseCoordinates:
         z_cache_limit: int = Z_CACHE_LIMIT,
         chunk: int | None = None,
         carriers: bool | None = None,
+        paired: bool | None = None,
     ) -> None:
         named = list(model.named_parameters())
         if not named:
@@ -241,6 +246,12 @@ class SparseCoordinates:
             else:
                 for seg in self._segments:
                     self._x[seg.k_start : seg.k_stop].copy_(seg.read())
+        self.paired: PairedForward | None = None
+        if self.carriers is not None and paired is not False:
+            self.paired = build_paired(model, self.carriers, [
+                (p, span.indices, span.k_start, span.k_stop) for span, p in self._spans_params])
+            if self.paired is None and paired:
+                raise MeerkatInputError("this model's masked weights cannot run the paired forward (zo/paired.py)")
         self._cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self._z_key: int | None = None
         self._z: torch.Tensor | None = None
@@ -478,6 +489,13 @@ class SparseCoordinates:
                 self._x[lo:hi], rng.normal(key, hi - lo, lo, device=self.device, chunk=hi - lo), alpha=scale
             )
         )
+
+    @torch.no_grad()
+    def perturb_pair(self, key: int, eps: float) -> None:
+        """The paired forward's deltas := eps * z (z = ``z_for(key)``); the weights keep the master."""
+        if self.paired is None:
+            raise RuntimeError("perturb_pair without a paired forward")
+        self.paired.write(self.z_for(key) * eps)
 
     @torch.no_grad()
     def update(self, z: torch.Tensor, lr: float, g: float) -> None:

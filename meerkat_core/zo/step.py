@@ -1,7 +1,8 @@
 """One sparse ZO step (client) and the replay of a step sequence (server), METHOD.md sections 2-3.
 
 ``zo_step``: z = normal(key, k); L+ = loss(x + eps z); L- = loss(x - eps z); restore;
-g = (L+ - L-) / (2 eps) in float64; if L+, L-, g (or the fp32 update coefficient) are not finite the
+g = (L+ - L-) / (2 eps) in float64 (a bf16/fp16 model with a paired forward computes L+ and L- in
+one forward over the doubled batch instead, ``StepLoss.pair`` and zo/paired.py); if L+, L-, g (or the fp32 update coefficient) are not finite the
 step is skipped (``applied=False``), else x <- x - lr g z via ``apply_update``.
 
 ``replay``: the server's virtual path from x0 given the keys, the clients' g values (the exact
@@ -21,10 +22,24 @@ from meerkat_core.zo import rng
 from meerkat_core.zo.coordinates import SparseCoordinates
 from meerkat_core.zo.update import apply_update, update_coef
 
-__all__ = ["StepResult", "projected_grad", "replay", "zo_step"]
+__all__ = ["StepLoss", "StepResult", "projected_grad", "replay", "two_losses", "zo_step"]
 
 LossFn = Callable[[], "torch.Tensor | float"]
+PairFn = Callable[[], "tuple[torch.Tensor | float, torch.Tensor | float]"]
 StepCallback = Callable[[int, torch.Tensor, float], None]
+
+
+@dataclass(frozen=True)
+class StepLoss:
+    """A step's mini-batch loss. Calling it: the loss of the model as it currently is. ``pair()``: the
+    losses of the two halves of the doubled batch, (plus half, minus half), one forward; used by
+    ``zo_step`` when the coordinates have a paired forward (zo/paired.py)."""
+
+    single: LossFn
+    pair: PairFn | None = None
+
+    def __call__(self) -> "torch.Tensor | float":
+        return self.single()
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,26 @@ def projected_grad(loss_plus: float, loss_minus: float, eps: float) -> float:
     return g if math.isfinite(g) else math.nan
 
 
+def two_losses(coords: SparseCoordinates, loss_fn: LossFn, key: int, eps: float) -> tuple[float, float]:
+    """(L(x + eps z), L(x - eps z)) with z = normal(key, k): one paired forward when the coordinates
+    have one and ``loss_fn`` is a ``StepLoss`` with ``pair``, else two forwards; the weights are at x
+    again afterwards, even if ``loss_fn`` raises. Call under ``torch.inference_mode``."""
+    pair = getattr(loss_fn, "pair", None)
+    if coords.paired is not None and pair is not None:
+        coords.perturb_pair(key, eps)
+        with coords.paired.active():
+            lp, lm = pair()
+        return _scalar(lp), _scalar(lm)
+    try:
+        coords.perturb_key(key, eps)
+        loss_plus = _scalar(loss_fn())
+        coords.perturb_key(key, -eps)
+        loss_minus = _scalar(loss_fn())
+    finally:
+        coords.restore()
+    return loss_plus, loss_minus
+
+
 def zo_step(coords: SparseCoordinates, loss_fn: LossFn, key: int, lr: float, eps: float) -> StepResult:
     """One two-point ZO step on ``coords`` with the stream ``key`` (see module doc).
 
@@ -64,13 +99,7 @@ def zo_step(coords: SparseCoordinates, loss_fn: LossFn, key: int, lr: float, eps
         raise ValueError(f"eps must be > 0, got {eps}")
     coords.check_layout()
     with torch.inference_mode():
-        try:
-            coords.perturb_key(key, eps)
-            loss_plus = _scalar(loss_fn())
-            coords.perturb_key(key, -eps)
-            loss_minus = _scalar(loss_fn())
-        finally:
-            coords.restore()
+        loss_plus, loss_minus = two_losses(coords, loss_fn, key, eps)
         g = projected_grad(loss_plus, loss_minus, eps)
         if math.isnan(g) or update_coef(lr, g) is None:
             return StepResult(g=g, loss_plus=loss_plus, loss_minus=loss_minus, applied=False)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
+
+from meerkat_core.zo.step import StepLoss
 
 __all__ = ["causal_lm_loss_fn", "random_mask", "tiny_llama"]
 
@@ -48,8 +48,15 @@ def random_mask(model: nn.Module, k: int, seed: int = 0) -> dict[str, torch.Tens
     return out
 
 
-def causal_lm_loss_fn(model: nn.Module, input_ids: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """loss_fn for zo_step: the causal-LM loss of ``model`` on fixed tokens, computed in fp32."""
+def causal_lm_loss_fn(model: nn.Module, input_ids: torch.Tensor) -> StepLoss:
+    """loss_fn for zo_step: the causal-LM loss of ``model`` on fixed tokens, computed in fp32 (with
+    ``pair``: each half's loss over the tokens twice, for a paired forward)."""
+
+    def losses(ids: torch.Tensor) -> torch.Tensor:
+        logits = model(input_ids=ids).logits.float()
+        per_token = nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+        return per_token.view(ids.shape[0], -1)
 
     def loss() -> torch.Tensor:
         logits = model(input_ids=input_ids).logits.float()
@@ -57,4 +64,9 @@ def causal_lm_loss_fn(model: nn.Module, input_ids: torch.Tensor) -> Callable[[],
             logits[:, :-1].reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1)
         )
 
-    return loss
+    def pair() -> tuple[torch.Tensor, torch.Tensor]:
+        rows = losses(torch.cat((input_ids, input_ids)))
+        n = input_ids.shape[0]
+        return rows[:n].mean(), rows[n:].mean()
+
+    return StepLoss(loss, pair)
