@@ -224,6 +224,22 @@ def test_bf16_run_resumes_bitwise(tiny_mask: Path, tiny_partition: Path, tmp_pat
     assert json.loads((out / "config.json").read_text())["train"]["dtype"] == "bf16"
     res = run_cli(*train_args(tiny_mask, tiny_partition, out, "--resume", "--dtype", "fp32", rounds=3), check=False)
     assert res.returncode == 2 and "--dtype is 'fp32' but the run used 'bf16'" in res.stderr
+    res = run_cli(*train_args(tiny_mask, tiny_partition, out, "--resume", "--zo-forward", "two", rounds=3), check=False)
+    assert res.returncode == 2 and "--zo-forward is 'two' but the run used 'auto'" in res.stderr
+
+
+def test_bf16_zo_forward_is_recorded_and_changes_the_steps(tiny_mask: Path, tiny_partition: Path, tmp_path: Path) -> None:
+    """--zo-forward auto runs a bf16 step as one paired forward, --zo-forward two as two forwards: both are
+    recorded in the provenance, and their steps differ (g from different roundings), so the choice is real."""
+    runs = {}
+    for mode in ("auto", "two"):
+        out = tmp_path / mode
+        run_cli(*train_args(tiny_mask, tiny_partition, out, "--dtype", "bf16", "--zo-forward", mode, rounds=1))
+        config = json.loads((out / "config.json").read_text())
+        assert config["train"]["zo_forward"] == mode
+        runs[config["provenance"]["zo_forward"]] = (out / "checkpoints" / "round-0001.safetensors").read_bytes()
+    assert set(runs) == {"paired", "two forwards"}
+    assert runs["paired"] != runs["two forwards"]
 
 
 def test_eval_checkpoint_refuses_another_task_unless_cross_task(finished_run: tuple[Path, dict]) -> None:

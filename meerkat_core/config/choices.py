@@ -16,4 +16,5 @@ ENGINES = ("inprocess", "flower", "flower-sim")  # who runs the rounds (meerkat_
 SCHEMES = ("iid", "dirichlet", "pathological", "mixed")  # partition schemes (meerkat_core.partition)
 MASK_METHODS = ("sensitivity", "random", "magnitude")  # mask scores (meerkat_core.mask)
 SPLITS = ("test", "train")  # task splits `meerkat eval` scores
+ZO_FORWARDS = ("auto", "paired", "two")  # a bf16/fp16 step's two losses (meerkat_core.zo.paired, zo.step)
 RUN_LOGS = ("csv", "tensorboard")  # extra metric logs `meerkat train --log` writes (meerkat_core.rundir.logs)

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Optional
 
 from meerkat_core.config import settings
-from meerkat_core.config.choices import ALGORITHMS, ENGINES, LOSSES, RUN_LOGS, SCHEDULES, SYNC_MODES, VP_CONTROLS
+from meerkat_core.config.choices import (
+    ALGORITHMS,
+    ENGINES,
+    LOSSES,
+    RUN_LOGS,
+    SCHEDULES,
+    SYNC_MODES,
+    VP_CONTROLS,
+    ZO_FORWARDS,
+)
 from meerkat_core.config.settings import group, setting
 from meerkat_core.errors import MeerkatInputError
 
@@ -23,6 +32,11 @@ RESUMABLE_CHANGES = (
     "out", "rounds", "resume", "device", "eval_every", "eval_limit", "checkpoint_every",
     "z_cache_mb", "engine", "superlink", "superlink_ca", "mask", "partition", "log",
 )
+
+
+def paired_argument(zo_forward: str) -> Optional[bool]:
+    """``--zo-forward`` as ``SparseCoordinates(paired=...)``: auto -> None, paired -> True, two -> False."""
+    return {"auto": None, "paired": True, "two": False}[zo_forward]
 
 
 @dataclass(kw_only=True)
@@ -99,6 +113,11 @@ class TrainConfig:
     device: str = setting("auto", help="auto, cpu or cuda[:N].")
     dtype: str = setting("auto", help="auto (fp32 until bf16 is shown to learn like it; a resumed run keeps its own), fp32, "
                                          "bf16 or fp16.")
+    zo_forward: str = setting("auto", choices=ZO_FORWARDS,
+                              help="bf16/fp16 only: how a step computes L(x+eps z) and L(x-eps z). paired: one forward "
+                                   "over the doubled batch, every GEMM on the halves' sum and difference (g within "
+                                   "about 2% of fp32's); two: two forwards (faster, g about 11% off on SmolLM2; "
+                                   "benchmarks/RESULTS.md 10.3); auto: paired wherever the model allows it.")
     max_length: int = setting(128, help="Prompt tokens kept (the end is kept).")
     sync: str = setting("auto", choices=SYNC_MODES,
                         help="How clients get the global state: replay (seeds+scalars), vector, or auto "
@@ -164,6 +183,11 @@ class TrainConfig:
     def z_cache_limit(self) -> int:
         """The largest k (fp32 elements) whose z the client keeps for the whole step."""
         return self.z_cache_mb * (1 << 20) // 4
+
+    @property
+    def paired(self) -> Optional[bool]:
+        """``SparseCoordinates``' ``paired`` argument for ``--zo-forward``."""
+        return paired_argument(self.zo_forward)
 
     @property
     def sync_mode(self) -> str:

@@ -85,7 +85,7 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     mask = load_mask(cfg.mask, loaded.model) if cfg.mask != "all" else None
     indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
-    coords = SparseCoordinates(loaded.model, indices, z_cache_limit=cfg.z_cache_limit)
+    coords = SparseCoordinates(loaded.model, indices, z_cache_limit=cfg.z_cache_limit, paired=cfg.paired)
     x0 = coords.values()
     gbar = None
     if mask is not None:
@@ -127,6 +127,8 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
         "dtype": str(loaded.dtype).removeprefix("torch."),
         # low-precision runs: where the masked coordinates are carried (zo/carriers.py); None in fp32
         "carriers": coords.carriers.summary() if coords.carriers else None,
+        # how a step's two losses are computed: one paired forward (zo/paired.py) or two forwards
+        "zo_forward": "paired" if coords.paired is not None else "two forwards",
     }
     return Federation(cfg, loaded, task, mask, manifest, clients, runtime, server, test_set, provenance)
 

@@ -42,6 +42,7 @@ class ClientSetup:
     dtype: str
     loss: str
     trust_remote_code: bool
+    zo_forward: str = "auto"  # absent from an older server's setup: that server's sites ran the default
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,7 +59,7 @@ def client_setup(fed: Any) -> ClientSetup:
     return ClientSetup(
         model=cfg.model, task=cfg.task, mask_sha256=str(fed.provenance["mask_sha256"]), k=int(fed.provenance["k"]),
         max_length=cfg.max_length, batch_size=cfg.batch_size, dtype=cfg.dtype, loss=cfg.loss,
-        trust_remote_code=cfg.trust_remote_code,
+        trust_remote_code=cfg.trust_remote_code, zo_forward=cfg.zo_forward,
     )
 
 
@@ -170,8 +171,9 @@ class SiteCache:
 
     def _model(self, site: SiteConfig, setup: ClientSetup) -> tuple[Any, Any, Any]:
         key = (site.model or setup.model, site.mask, setup.mask_sha256, setup.dtype, site.device,
-               setup.trust_remote_code)
+               setup.trust_remote_code, setup.zo_forward)
         if key not in self._models:
+            from meerkat_core.config.train import paired_argument
             from meerkat_core.mask import load_mask
             from meerkat_core.models import load_model
             from meerkat_core.zo import SparseCoordinates
@@ -182,7 +184,7 @@ class SiteCache:
                                 trust_remote_code=setup.trust_remote_code)
             mask = load_mask(site.mask, loaded.model) if site.mask != "all" else None
             indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
-            coords = SparseCoordinates(loaded.model, indices)
+            coords = SparseCoordinates(loaded.model, indices, paired=paired_argument(setup.zo_forward))
             if coords.k != setup.k:
                 raise MeerkatInputError(
                     f"site model {site.model or setup.model}: k={coords.k} but the server has k={setup.k}")
