@@ -2,13 +2,14 @@
 
 Three sections, each on the model as ``load_model`` returns it and on real task batches:
 
-* ``errors``: per dtype and write mode (``carriers``: zo/carriers.py, the default for bf16/fp16;
-  ``rounded``: perturbations written rounded into the low-precision weights, the design before
-  issue #20), the relative error ``|g - g_fp32| / |g_fp32|`` of the projected gradient over ``--keys``
+* ``errors``: per dtype and mode (``paired``: carriers and the paired forward, zo/paired.py, the
+  default for bf16/fp16; ``carriers``: zo/carriers.py with two sequential forwards, the default before
+  the paired forward; ``rounded``: perturbations written rounded into the low-precision weights, the
+  design before issue #20), the relative error ``|g - g_fp32| / |g_fp32|`` of the projected gradient over ``--keys``
   keys (median, 90th percentile, sign flips); g_fp32 is the fp32 model's at eps 1e-3. For rounded writes
   also the share of masked coordinates whose +eps z perturbation is erased by the rounding.
 * ``timing``: the training step (``zo_step`` with the client's loss) against two plain forwards of the
-  same batch, and each dtype's step against the fp32 step, averaged over the ``--batches`` real batches
+  same batch (for ``paired``: the same model's two sequential forwards), and each dtype's step against the fp32 step, averaged over the ``--batches`` real batches
   (their lengths vary as in training); passes interleaved across dtypes in one process, process CPU
   time and wall time.
 * ``accuracy``: ``meerkat train`` runs at an equal budget per task x dtype x seed (finished runs are
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 SECTIONS = ("errors", "timing", "accuracy", "sources")
+MODES = ("paired", "carriers", "rounded")  # the first is what training uses
 REF_EPS = 1e-3
 
 
@@ -49,8 +51,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS[:3]),
                    help="default: errors timing accuracy (sources is a slow diagnostic)")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--modes", nargs="+", default=["carriers", "rounded"], choices=["carriers", "rounded"],
-                   help="write modes of the low-precision dtypes compared in the errors and timing sections")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                   help="modes of the low-precision dtypes compared in the errors and timing sections")
     p.add_argument("--task", default="sentiment2", help="task of the errors and timing sections")
     p.add_argument("--loss", default="classification", choices=["lm", "classification"])
     p.add_argument("--keys", type=int, default=32, help="keys (one z each) in the errors section")
@@ -94,15 +96,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------------
 # shared pieces
-def _load(args: argparse.Namespace, dtype: str, carriers: bool | None = None) -> tuple[Any, Any]:
-    """(loaded model, its SparseCoordinates on the mask) as training builds them."""
+def _load(args: argparse.Namespace, dtype: str, mode: str = MODES[0]) -> tuple[Any, Any]:
+    """(loaded model, its SparseCoordinates on the mask) as training builds them (``mode``: see MODES)."""
     from meerkat_core.mask import load_mask
     from meerkat_core.models import load_model
     from meerkat_core.zo import SparseCoordinates
 
     loaded = load_model(args.model, device=args.device, dtype=dtype)
     mask = load_mask(args.mask, loaded.model)
-    coords = SparseCoordinates(loaded.model, {t.name: t.indices for t in mask.nonempty()}, carriers=carriers)
+    low = dtype != "fp32"
+    coords = SparseCoordinates(loaded.model, {t.name: t.indices for t in mask.nonempty()},
+                               carriers=(mode != "rounded") if low else None,
+                               paired=(mode == "paired") if low else None)
     return loaded, coords
 
 
@@ -136,18 +141,18 @@ def _g_values(args: argparse.Namespace, loaded: Any, coords: Any, enc: Any, batc
     """g of every key on the batch it cycles to, the weights unchanged between keys (no update)."""
     import torch
 
+    from meerkat_core.zo import two_losses
+
     gs = []
     with torch.inference_mode():
         at_rest = coords.model_values() if erased is not None else None
         for i, key in enumerate(_keys(args.keys)):
             fn = _loss_fn(args, loaded, coords, enc, batches[i % len(batches)])
-            coords.perturb_key(key, eps)
             if erased is not None and i < 8:
+                coords.perturb_key(key, eps)
                 erased.append(float((coords.model_values() == at_rest).float().mean()))
-            lp = float(fn().float())
-            coords.perturb_key(key, -eps)
-            lm = float(fn().float())
-            coords.restore()
+                coords.restore()
+            lp, lm = two_losses(coords, fn, key, eps)
             gs.append((lp - lm) / (2 * eps))
     return gs
 
@@ -179,7 +184,7 @@ def section_errors(args: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
     for dtype in (d for d in args.dtypes if d != "fp32"):
         for mode in args.modes:
-            loaded, coords = _load(args, dtype, carriers=mode == "carriers")
+            loaded, coords = _load(args, dtype, mode)
             for eps in args.eps:
                 erased: list[float] | None = [] if mode == "rounded" else None
                 t0 = time.perf_counter()
@@ -187,6 +192,7 @@ def section_errors(args: argparse.Namespace) -> dict[str, Any]:
                 row = {"dtype": dtype, "mode": mode, "eps": eps, **_rel_stats(gs, ref), "g": gs,
                        "erased_share": statistics.fmean(erased) if erased else None,
                        "carriers": coords.carriers.summary() if coords.carriers else None,
+                       "paired": coords.paired.summary() if coords.paired else None,
                        "seconds": time.perf_counter() - t0}
                 out["rows"].append(row)
                 print(f"{dtype} {mode} eps {eps:g}: median rel err {row['median']:.4f}, p90 {row['p90']:.4f}, "
@@ -203,10 +209,10 @@ def section_timing(args: argparse.Namespace) -> dict[str, Any]:
 
     setups = {}
     for dtype in args.dtypes:
-        modes = ["carriers"] if dtype == "fp32" else args.modes
+        modes = [MODES[0]] if dtype == "fp32" else args.modes
         for mode in modes:
-            name = dtype if mode == "carriers" else f"{dtype}-rounded"
-            loaded, coords = _load(args, dtype, carriers=None if mode == "carriers" else False)
+            name = dtype if mode == MODES[0] else f"{dtype}-{mode}"
+            loaded, coords = _load(args, dtype, mode)
             enc, batches = _batches(args, loaded)
             # every pass times all --batches real batches (the same ones for every dtype): one batch's length
             # alone is not what training sees (RESULTS 10.2: 65 tokens there, a median 51 in rounds)
@@ -359,7 +365,7 @@ def section_sources(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for dtype in (d for d in args.dtypes if d != "fp32"):
         for variant in SOURCES:
-            loaded, coords = _load(args, dtype, carriers=True)
+            loaded, coords = _load(args, dtype, "carriers")
             if variant != "as is":
                 _emulate_linears(loaded.model, coords.carriers, variant)
             for eps in args.eps:
