@@ -26,6 +26,10 @@ Hooks keep dtypes consistent: every ``nn.Linear`` casts its input to its weight'
 residual stream enters bf16 layers as bf16 and the fp32 head sees fp32), and rotary-embedding modules
 return the compute dtype (their cos/sin follow the fp32 residual stream otherwise). The server never
 sees any of this: the client's master, z and the update are the fp32 ones, and replay is unchanged.
+
+The carriers make the masked coordinates exact, but two forwards still round every activation on their
+own, which leaves g about 11% off on SmolLM2 in bf16. ``paired.py`` builds on the carriers to run both
+forwards as one, where that rounding cancels (2.3%); the hooks above stand aside inside it.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 With carriers (carriers.py) the two forwards of a ZO step see ``x +- eps z``, but each one rounds its
 activations to bf16 at every GEMM's input and output on its own. ``L+ - L-`` is about 1e-3 of L, so
-those independent roundings left g 16.5% off the fp32 g on SmolLM2 (benchmarks/RESULTS.md, section
-10.2), with either rounding alone worth 12-13%. Here the step's batch runs twice in one forward: rows
+those independent roundings leave g 11% off the fp32 g on SmolLM2 (median over 32 keys; 2.3% with
+the paired forward in the same run, benchmarks/RESULTS.md section 10.3), with the inputs' and the
+outputs' rounding each worth about half (section 10.2). Here the step's batch runs twice in one forward: rows
 ``[0, B)`` (the *plus* half) at ``x + eps z`` and rows ``[B, 2B)`` (the *minus* half) at ``x - eps z``.
 Activations stay fp32 between layers, and every low-precision linear layer multiplies the sum and the
 difference of its two halves instead of the halves themselves::
