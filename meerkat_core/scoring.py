@@ -65,15 +65,13 @@ def classification_loss(model: Any, batch: Batch, candidate_ids: list[int]) -> t
     is the margin between classes and ignores the mass on the rest of the vocabulary. Needs
     single-token label words (one forward; ``batch.target_ids[:, -1]`` is the true word).
     """
-    cand = torch.tensor(candidate_ids, device=batch.target_ids.device)
-    logp = last_logits(model, batch)[:, cand].log_softmax(dim=-1)
-    true = (batch.target_ids[:, -1:] == cand.unsqueeze(0)).float()  # one-hot [B, C]
-    return -(logp * true).sum(dim=-1).mean()
+    return _classification_rows(model, batch, candidate_ids).mean()
 
 
-def _half_means(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    n = rows.shape[0] // 2
-    return rows[:n].mean(), rows[n:].mean()
+def multi_token_classification_loss(model: Any, batch: Batch, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``classification_loss`` for label words of any length: mean cross-entropy of the true class over
+    the classes' ``candidate_scores`` (``batch`` from ``candidate_batch``; one forward of B x C rows)."""
+    return _multi_token_rows(model, batch, labels, num_classes).mean()
 
 
 def paired_label_loss(model: Any, doubled: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,24 +81,32 @@ def paired_label_loss(model: Any, doubled: Batch) -> tuple[torch.Tensor, torch.T
 
 def paired_classification_loss(model: Any, doubled: Batch, candidate_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """``classification_loss`` of each half of a doubled batch."""
-    cand = torch.tensor(candidate_ids, device=doubled.target_ids.device)
-    logp = last_logits(model, doubled)[:, cand].log_softmax(dim=-1)
-    true = (doubled.target_ids[:, -1:] == cand.unsqueeze(0)).float()
-    return _half_means(-(logp * true).sum(dim=-1))
+    return _half_means(_classification_rows(model, doubled, candidate_ids))
 
 
 def paired_multi_token_classification_loss(model: Any, doubled: Batch, labels: torch.Tensor, num_classes: int
                                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """``multi_token_classification_loss`` of each half of a doubled ``candidate_batch`` (``labels``: one half's)."""
-    logp = candidate_scores(model, doubled, num_classes).log_softmax(dim=-1)
-    return _half_means(-logp.gather(1, torch.cat((labels, labels)).view(-1, 1)).squeeze(1))
+    return _half_means(_multi_token_rows(model, doubled, torch.cat((labels, labels)), num_classes))
 
 
-def multi_token_classification_loss(model: Any, batch: Batch, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``classification_loss`` for label words of any length: mean cross-entropy of the true class over
-    the classes' ``candidate_scores`` (``batch`` from ``candidate_batch``; one forward of B x C rows)."""
+def _classification_rows(model: Any, batch: Batch, candidate_ids: list[int]) -> torch.Tensor:
+    """Each row's cross-entropy of its true word over the candidate words, fp32 [B]."""
+    cand = torch.tensor(candidate_ids, device=batch.target_ids.device)
+    logp = last_logits(model, batch)[:, cand].log_softmax(dim=-1)
+    true = (batch.target_ids[:, -1:] == cand.unsqueeze(0)).float()  # one-hot [B, C]
+    return -(logp * true).sum(dim=-1)
+
+
+def _multi_token_rows(model: Any, batch: Batch, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each example's cross-entropy of its true class over the ``candidate_scores``, fp32 [B]."""
     logp = candidate_scores(model, batch, num_classes).log_softmax(dim=-1)
-    return -logp.gather(1, labels.view(-1, 1)).mean()
+    return -logp.gather(1, labels.view(-1, 1)).squeeze(1)
+
+
+def _half_means(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n = rows.shape[0] // 2
+    return rows[:n].mean(), rows[n:].mean()
 
 
 def class_scores(model: Any, enc: EncodedSet, indices: list[int], pad_id: int) -> torch.Tensor:
