@@ -330,7 +330,6 @@ def _emulate_linears(model: Any, carriers: Any, variant: str) -> None:
     """Every low-precision ``nn.Linear`` (its correction included) computes in fp32 from its weights'
     low-precision values; ``exact inputs``: from the unrounded input, output rounded; ``exact outputs``:
     from the rounded input, output left fp32. Only for the ``sources`` section (the model is thrown away)."""
-    import torch
     import torch.nn.functional as F
     from torch import nn
 

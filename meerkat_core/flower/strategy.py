@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from meerkat_core.errors import MeerkatError
-from meerkat_core.fed.protocol import ClientReply, RoundInstruction
+from meerkat_core.fed.protocol import RoundInstruction
 from meerkat_core.fed.server import PreparedReply, RoundOutcome, ZOServer
 from meerkat_core.flower.records import instruction_to_content, message_bytes, reply_from_content
 

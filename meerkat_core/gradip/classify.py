@@ -24,7 +24,7 @@ compare a round against it): the one source for every warning about a short cali
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np

@@ -178,7 +178,6 @@ def compute_mask(
     k = k_for_density(density, d)
 
     data = _replayable(batches) if batches is not None and method == "sensitivity" else batches
-    device = next(model.parameters()).device
     n_batches = 0
     msq_kept: list[torch.Tensor] | None = None
     if method == "sensitivity":

@@ -12,7 +12,7 @@ import torch
 
 from meerkat_core.errors import MeerkatInputError
 from meerkat_core.hashing import model_fingerprint
-from meerkat_core.models.dtypes import DTYPES, choose_dtype
+from meerkat_core.models.dtypes import choose_dtype
 from meerkat_core.paths import hub_offline
 
 log = logging.getLogger(__name__)
