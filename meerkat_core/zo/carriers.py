@@ -20,7 +20,8 @@ the computation, while everything else keeps running in the low-precision dtype:
   would enter. SmolLM2's mask concentrates on few input channels (2,447 over its 210 linear layers),
   so the correction GEMMs add 1.2% to the linear layers' multiply-adds.
 * ``rounded``: anything else (biases of linear layers, convolutions, ...) is written rounded to the
-  model's dtype, as before; ``Carriers.rounded_k`` counts them.
+  model's dtype, as before; ``Carriers.rounded_k`` counts them. The paired forward (``paired.py``)
+  still carries the perturbation of linear biases exactly, in a delta of its own.
 
 Hooks keep dtypes consistent: every ``nn.Linear`` casts its input to its weight's dtype (so the fp32
 residual stream enters bf16 layers as bf16 and the fp32 head sees fp32), and rotary-embedding modules
