@@ -1,11 +1,15 @@
 """The built-in SmolLM2 model: locate its GGUF file and convert it once to a safetensors HF directory.
 
 De-quantizing the GGUF takes ~20 s on 2 cores; the converted directory loads in under a second.
-The cache directory records the GGUF it came from (size and mtime) and is rebuilt when that changes.
+The cache directory records the GGUF it came from (name, size, mtime and SHA-256) and is rebuilt when its
+content changes. The same file installed again (another virtual environment, a reinstall) has a new mtime but
+the same content: the hash (~0.1 s for the 98 MB file) keeps the cache, where two environments on one
+machine used to re-convert it in turn on every switch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -43,9 +47,18 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _source_record(gguf: Path) -> dict[str, object]:
     st = gguf.stat()
-    return {"format": CACHE_FORMAT, "gguf": gguf.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"format": CACHE_FORMAT, "gguf": gguf.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sha256": file_sha256(gguf)}
 
 
 def cached_model_dir(name: str) -> Path:
@@ -59,7 +72,14 @@ def cache_is_current(cache: Path, gguf: Path | None) -> bool:
     if gguf is None:  # the package is gone but the converted copy is still here: use it
         return True
     try:
-        return json.loads(record.read_text()) == _source_record(gguf)
+        rec = json.loads(record.read_text())
+        st = gguf.stat()
+        if not isinstance(rec, dict) or (rec.get("format"), rec.get("gguf"), rec.get("size")) != (
+                CACHE_FORMAT, gguf.name, st.st_size):
+            return False
+        if rec.get("mtime_ns") == st.st_mtime_ns:
+            return True  # the file the cache was made from (records before the hash have no sha256)
+        return rec.get("sha256") == file_sha256(gguf)  # the same content installed again elsewhere
     except (OSError, ValueError):
         return False
 
