@@ -22,8 +22,9 @@ def low_model(dtype: torch.dtype, **overrides: int) -> nn.Module:
     return cast_parameters(tiny_llama(**overrides), dtype)
 
 
-def g_values(model: nn.Module, coords: SparseCoordinates, eps: float, keys: list[int] = KEYS) -> list[float]:
-    fn = causal_lm_loss_fn(model, IDS)
+def g_values(model: nn.Module, coords: SparseCoordinates, eps: float, keys: list[int] = KEYS,
+             ids: torch.Tensor = IDS) -> list[float]:
+    fn = causal_lm_loss_fn(model, ids)
     out = []
     with torch.inference_mode():
         for k in keys:
@@ -157,19 +158,12 @@ def test_paired_forward_on_the_paper_families(name):
     mask = random_mask(m32, 800, seed=4)
     if name == "tiny-qwen2":
         mask = with_masked_biases(m32, mask)
-    keys = KEYS[:16]
-
-    def g_of(model: nn.Module, coords: SparseCoordinates) -> list[float]:
-        fn = causal_lm_loss_fn(model, ids)
-        with torch.inference_mode():
-            return [(lp - lm) / 2e-3 for lp, lm in (two_losses(coords, fn, k, 1e-3) for k in keys)]
-
-    ref = g_of(m32, SparseCoordinates(m32, mask))
+    ref = g_values(m32, SparseCoordinates(m32, mask), 1e-3, KEYS[:16], ids)
     errors = {}
     for paired in (True, False):
         model = load_model(name, device="cpu", dtype="bf16").model
         coords = SparseCoordinates(model, mask, paired=paired)
-        errors[paired] = median_rel(g_of(model, coords), ref)
+        errors[paired] = median_rel(g_values(model, coords, 1e-3, KEYS[:16], ids), ref)
     assert errors[True] <= 0.1 and errors[True] <= 0.25 * errors[False]
 
 

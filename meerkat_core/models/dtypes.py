@@ -7,7 +7,8 @@ once the ZO step has been measured to estimate g and learn like fp32 there at th
 the paired forward (``zo/paired.py``, the default for bf16/fp16) its estimate of g is within 2.3% of the
 fp32 one on SmolLM2 (median; 11-20% with two separate forwards). But in ``meerkat train`` rounds the paired
 step is 1.3x faster than fp32's on the AMX Xeon and 1.9-2.0x on a Zen 5 EPYC with AVX512-BF16 (two separate
-forwards: 2.0-3.0x, with the 11-20% error), so neither meets the speed target. The reason recorded with a run says what this machine has:
+forwards: 2.0-3.0x, with the 11-20% error), so neither meets the speed target. The reason recorded with a
+run says what this machine has:
 
 * a CPU with AMX-BF16 or AVX512-BF16 (torch's own probes, else the ``/proc/cpuinfo`` flags): bf16 is
   one ``--dtype bf16`` away. A step with the paired forward is 1.3-1.6x faster than fp32's on the AMX Xeon

