@@ -98,11 +98,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 # shared pieces
 def _load(args: argparse.Namespace, dtype: str, mode: str = MODES[0]) -> tuple[Any, Any]:
     """(loaded model, its SparseCoordinates on the mask) as training builds them (``mode``: see MODES)."""
+    from meerkat_core.host_memory import keep_freed_memory
     from meerkat_core.mask import load_mask
     from meerkat_core.models import load_model
     from meerkat_core.zo import SparseCoordinates
 
     loaded = load_model(args.model, device=args.device, dtype=dtype)
+    if loaded.device.type == "cpu":
+        keep_freed_memory()  # as training does (host_memory.py)
     mask = load_mask(args.mask, loaded.model)
     low = dtype != "fp32"
     coords = SparseCoordinates(loaded.model, {t.name: t.indices for t in mask.nonempty()},

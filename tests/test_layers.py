@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first. A unit is a top-level module or package of meerkat_core (or all of meerkat_cli).
 LAYERS: list[tuple[str, ...]] = [
-    ("atomic", "errors", "faults", "hashing", "heap", "jsonsafe", "st_bytes", "paths", "config"),
+    ("atomic", "errors", "faults", "hashing", "heap", "host_memory", "jsonsafe", "st_bytes", "paths", "config"),
     ("zo", "mask", "partition", "tasks", "models", "encoding", "scoring", "evaluation", "corpus"),
     ("gradip", "rundir"),
     ("fed", "compare"),

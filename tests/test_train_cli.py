@@ -230,13 +230,18 @@ def test_bf16_run_resumes_bitwise(tiny_mask: Path, tiny_partition: Path, tmp_pat
 
 def test_bf16_zo_forward_is_recorded_and_changes_the_steps(tiny_mask: Path, tiny_partition: Path, tmp_path: Path) -> None:
     """--zo-forward auto runs a bf16 step as one paired forward, --zo-forward two as two forwards: both are
-    recorded in the provenance, and their steps differ (g from different roundings), so the choice is real."""
+    recorded in the provenance and printed (with why a low-precision run is not paired), and their steps differ
+    (g from different roundings), so the choice is real."""
     runs = {}
+    said = {"auto": ("zo forward: paired", None), "two": ("zo forward: two forwards (paired forward: not asked for)",
+                                                        "not asked for")}
     for mode in ("auto", "two"):
         out = tmp_path / mode
-        run_cli(*train_args(tiny_mask, tiny_partition, out, "--dtype", "bf16", "--zo-forward", mode, rounds=1))
+        res = run_cli(*train_args(tiny_mask, tiny_partition, out, "--dtype", "bf16", "--zo-forward", mode, rounds=1))
         config = json.loads((out / "config.json").read_text())
         assert config["train"]["zo_forward"] == mode
+        line, reason = said[mode]
+        assert line in res.stdout + res.stderr and config["provenance"]["zo_forward_reason"] == reason
         runs[config["provenance"]["zo_forward"]] = (out / "checkpoints" / "round-0001.safetensors").read_bytes()
     assert set(runs) == {"paired", "two forwards"}
     assert runs["paired"] != runs["two forwards"]

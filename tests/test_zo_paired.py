@@ -180,10 +180,15 @@ def test_paired_falls_back_where_it_cannot_be_exact():
     mask = random_mask(low_model(torch.bfloat16), 800, seed=4)
     coords = SparseCoordinates(model, mask)
     assert coords.carriers is not None and coords.paired is None
-    with pytest.raises(MeerkatInputError, match="paired forward"):
+    why = "model.extra.w is a bfloat16 weight of a Module, not of an nn.Linear or nn.Embedding"
+    assert coords.paired_unavailable == why
+    with pytest.raises(MeerkatInputError, match=f"paired forward.*{why}"):
         SparseCoordinates(odd_model(), mask, paired=True)
+    assert SparseCoordinates(low_model(torch.bfloat16), mask).paired_unavailable is None
+    assert SparseCoordinates(low_model(torch.bfloat16), mask, paired=False).paired_unavailable == "not asked for"
     fp32 = tiny_llama()
-    assert SparseCoordinates(fp32, random_mask(fp32, 800, seed=4)).paired is None
+    fp32_coords = SparseCoordinates(fp32, random_mask(fp32, 800, seed=4))
+    assert fp32_coords.paired is None and fp32_coords.paired_unavailable is None
 
 
 @pytest.mark.parametrize("loss,words", [("classification", None), ("lm", None),

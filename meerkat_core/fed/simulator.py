@@ -25,6 +25,7 @@ from meerkat_core.rundir import RunDir
 from meerkat_core.fed.server import RoundOutcome, ServerConfig, ZOServer
 from meerkat_core.fed.vp import VPPolicy
 from meerkat_core.hashing import sha256_file
+from meerkat_core.host_memory import keep_freed_memory
 
 
 
@@ -83,6 +84,8 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
     data = load_task_data(task)
     verify_train_partition(manifest, task, data)
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    # forwards on the CPU reuse the memory the last step freed (host_memory.py: page faults, issue #20)
+    host_allocator = keep_freed_memory() if loaded.device.type == "cpu" else None
     mask = load_mask(cfg.mask, loaded.model) if cfg.mask != "all" else None
     indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
     coords = SparseCoordinates(loaded.model, indices, z_cache_limit=cfg.z_cache_limit, paired=cfg.paired)
@@ -129,6 +132,9 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
         "carriers": coords.carriers.summary() if coords.carriers else None,
         # how a step's two losses are computed: one paired forward (zo/paired.py) or two forwards
         "zo_forward": "paired" if coords.paired is not None else "two forwards",
+        # a low-precision run on two forwards: why not paired (None otherwise)
+        "zo_forward_reason": coords.paired_unavailable,
+        "host_allocator": host_allocator,  # what keep_freed_memory did (None: the model is not on the CPU)
     }
     return Federation(cfg, loaded, task, mask, manifest, clients, runtime, server, test_set, provenance)
 

@@ -318,6 +318,9 @@ def _train_locked(
         done, metrics, gradip = 0, [], GradipLog()
     # said once every input was checked: a refused --resume prints its error line alone
     say(f"dtype {cfg.dtype} ({dtype_reason})")
+    if fed.provenance.get("carriers"):  # a low-precision run: how a step's two losses are computed
+        reason = fed.provenance.get("zo_forward_reason")
+        say(f"zo forward: {fed.provenance['zo_forward']}" + (f" (paired forward: {reason})" if reason else ""))
     for warning in calibration_warnings(cfg):
         say(f"warning: {warning}")
     run.write_config(cfg, fed.provenance)

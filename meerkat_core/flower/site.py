@@ -174,6 +174,7 @@ class SiteCache:
                setup.trust_remote_code, setup.zo_forward)
         if key not in self._models:
             from meerkat_core.config.train import paired_argument
+            from meerkat_core.host_memory import keep_freed_memory
             from meerkat_core.mask import load_mask
             from meerkat_core.models import load_model
             from meerkat_core.zo import SparseCoordinates
@@ -182,6 +183,8 @@ class SiteCache:
             self._clients.clear()
             loaded = load_model(site.model or setup.model, device=site.device, dtype=setup.dtype,
                                 trust_remote_code=setup.trust_remote_code)
+            if loaded.device.type == "cpu":
+                keep_freed_memory()  # host_memory.py: the steps reuse freed memory instead of faulting it in again
             mask = load_mask(site.mask, loaded.model) if site.mask != "all" else None
             indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
             coords = SparseCoordinates(loaded.model, indices, paired=paired_argument(setup.zo_forward))

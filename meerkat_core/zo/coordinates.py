@@ -43,7 +43,7 @@ from meerkat_core.errors import MeerkatError, MeerkatInputError
 from meerkat_core.zo import rng
 from meerkat_core.zo.relocate import Relocator
 from meerkat_core.zo.carriers import LOW_PRECISION, CarriedWrites, Carriers, install_carriers
-from meerkat_core.zo.paired import PairedForward, build_paired
+from meerkat_core.zo.paired import PairedForward, paired_or_reason
 from meerkat_core.zo.update import apply_update
 
 __all__ = ["SparseCoordinates", "TensorSpan"]
@@ -247,11 +247,16 @@ class SparseCoordinates:
                 for seg in self._segments:
                     self._x[seg.k_start : seg.k_stop].copy_(seg.read())
         self.paired: PairedForward | None = None
-        if self.carriers is not None and paired is not False:
-            self.paired = build_paired(model, self.carriers, [
-                (p, span.indices, span.k_start, span.k_stop) for span, p in self._spans_params])
+        # with carriers and no paired forward: why (``paired=False``, or what in the model keeps it out)
+        self.paired_unavailable: str | None = None
+        if self.carriers is not None:
+            self.paired_unavailable = "not asked for"
+            if paired is not False:
+                self.paired, self.paired_unavailable = paired_or_reason(model, self.carriers, [
+                    (p, span.indices, span.k_start, span.k_stop) for span, p in self._spans_params])
             if self.paired is None and paired:
-                raise MeerkatInputError("this model's masked weights cannot run the paired forward (zo/paired.py)")
+                raise MeerkatInputError(f"this model's masked weights cannot run the paired forward (zo/paired.py): "
+                                        f"{self.paired_unavailable}; use --zo-forward two or auto")
         self._cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self._z_key: int | None = None
         self._z: torch.Tensor | None = None

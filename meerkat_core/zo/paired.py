@@ -37,9 +37,9 @@ carriers, as after ``restore``), and ``write`` puts ``eps z`` into delta buffers
 Nothing of size d is allocated: the deltas hold the masked rows and columns only (a bias's or a norm
 weight's delta: that vector's size). A model the paired forward cannot express exactly (masked
 coordinates without a carrier other than linear biases, a low-precision weight outside nn.Linear /
-nn.Embedding, a norm weight on a module with children) gets ``build(...) is None`` and keeps the two
-sequential forwards. The server never sees any of this: z, g and the update are the fp32
-ones and replay is unchanged.
+nn.Embedding, a norm weight on a module with children) gets ``build_paired(...) is None`` and keeps the
+two sequential forwards; ``paired_or_reason`` says why. The server never sees any of this: z, g and the
+update are the fp32 ones and replay is unchanged.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from torch import nn
 from meerkat_core.models.dtypes import LOW_PRECISION
 from meerkat_core.zo.carriers import Carriers, CorrectedLinear
 
-__all__ = ["PairedForward", "build_paired"]
+__all__ = ["PairedForward", "build_paired", "paired_or_reason"]
 
 
 @dataclass
@@ -237,18 +237,39 @@ class PairedForward:
                 "paired_modules": len(self.factories)}
 
 
+class _Unsupported(Exception):
+    """Why a model cannot run the paired forward exactly (``paired_or_reason``'s reason)."""
+
+
 def build_paired(model: nn.Module, carriers: Carriers,
                  runs: list[tuple[nn.Parameter, torch.Tensor, int, int]]) -> PairedForward | None:
     """The paired forward of ``model`` (carriers installed), or None where it cannot be exact.
 
     ``runs``: per masked parameter, in canonical order: (param, its sorted local flat indices, k_start, k_stop).
     """
+    return paired_or_reason(model, carriers, runs)[0]
+
+
+def paired_or_reason(model: nn.Module, carriers: Carriers, runs: list[tuple[nn.Parameter, torch.Tensor, int, int]]
+                     ) -> tuple[PairedForward | None, str | None]:
+    """``build_paired``'s forward and None, or None and one line saying which module or parameter keeps
+    the model on two forwards (printed by ``meerkat train``, recorded in the run's provenance)."""
+    try:
+        return _build(model, carriers, runs), None
+    except _Unsupported as e:
+        return None, str(e)
+
+
+def _build(model: nn.Module, carriers: Carriers, runs: list[tuple[nn.Parameter, torch.Tensor, int, int]]
+           ) -> PairedForward:
+    names = {id(p): n for n, p in model.named_parameters()}
     holders: dict[int, list[nn.Module]] = {}
     for mod in model.modules():
-        for p in mod.parameters(recurse=False):
+        for pname, p in mod.named_parameters(recurse=False):
             holders.setdefault(id(p), []).append(mod)
             if p.dtype in LOW_PRECISION and p.dim() >= 2 and not isinstance(mod, (nn.Linear, nn.Embedding)):
-                return None
+                raise _Unsupported(f"{names.get(id(p), pname)} is a {str(p.dtype).removeprefix('torch.')} weight of a "
+                                   f"{type(mod).__name__}, not of an nn.Linear or nn.Embedding")
     device = next(iter(model.parameters())).device
     paired = PairedForward(model, carriers)
     by_target: dict[int, tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -272,7 +293,8 @@ def build_paired(model: nn.Module, carriers: Carriers,
             # the one rounded kind expressed exactly: a low-precision linear layer's bias (Qwen2's q/k/v)
             if not (p.dim() == 1 and all(isinstance(m, nn.Linear) and m.bias is p and m.weight.dtype in LOW_PRECISION
                                          for m in mods)):
-                return None
+                raise _Unsupported(f"masked {names.get(id(p), '?')} has no carrier and is not a low-precision "
+                                   "linear layer's bias")
             bias_delta = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
             scatter(bias_delta, a, b, local)
             bias_deltas.update((id(m), bias_delta) for m in mods)
@@ -293,7 +315,8 @@ def build_paired(model: nn.Module, carriers: Carriers,
                     paired.forwards[id(m)] = (m, _head_forward(m, table))
             continue
         if p.dim() != 1 or any(len(list(m.children())) for m in mods):
-            return None
+            raise _Unsupported(f"masked {names.get(id(p), '?')} ({p.dim()}-D) is held by a module with children "
+                               "or outside nn.Linear / nn.Embedding")
         delta = torch.zeros_like(p.data)
         scatter(delta, a, b, local)
         for m in mods:
@@ -301,7 +324,8 @@ def build_paired(model: nn.Module, carriers: Carriers,
     leaf_mods = {id(m): m for p, _, _, _ in runs for m in holders[id(p)]}
     for mid, params in leaf_params.items():
         if mid in paired.forwards or mid in paired.factories:
-            return None
+            raise _Unsupported(f"{type(leaf_mods[mid]).__name__} holds both a masked 1-D weight and a masked "
+                               "embedding or linear weight")
         paired.factories[mid] = (leaf_mods[mid], lambda orig, ps=params: _leaf_forward(orig, ps))
     by_weight = carriers.corrected
     for mod in model.modules():
