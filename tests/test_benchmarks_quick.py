@@ -418,3 +418,18 @@ def test_flower_latency_brackets_the_simulation_with_in_process_runs() -> None:
     assert mod.run_order(["sim-100"]) == ["sim-100"]  # no in-process arm asked for: no extra run
     assert mod.steady_rounds([9.0, 1.0, 2.0, 5.0]) == [1.0, 2.0]
     assert mod.steady_rounds([3.0, 4.0]) == [3.0, 4.0]
+
+
+def test_host_memory_quick(tmp_path: Path, tiny_mask: Path, capsys) -> None:
+    """Both allocator arms run in their own process on the paired bf16 step and report faults and times."""
+    out = tmp_path / "host_memory.json"
+    load("host_memory").main(["--quick", "--mask", str(tiny_mask), "--work", str(tmp_path / "w"), "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert [r["arm"] for r in doc["rows"]] == ["default", "meerkat"]
+    for r in doc["rows"]:
+        assert r["coords_paired"] and r["steps"] == 2  # --quick: 2 batches x 1 rep, on the paired forward
+        assert r["faults_per_step"] >= 0 and r["faults_per_two_forwards"] >= 0
+        assert finite_pos(r["step_s"]) and finite_pos(r["two_forwards_s"]) and finite_pos(r["peak_rss_bytes"])
+        assert r["step_over_two_forwards"] == pytest.approx(r["step_s"] / r["two_forwards_s"])
+    assert set(doc["summary"]) == {"default", "meerkat"}
+    assert "step/2fwd" in capsys.readouterr().out

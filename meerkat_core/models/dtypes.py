@@ -6,14 +6,14 @@ once the ZO step has been measured to estimate g and learn like fp32 there at th
 (benchmarks/RESULTS.md sections 10.1-10.4): bf16 matched fp32's test accuracy after equal steps, and with
 the paired forward (``zo/paired.py``, the default for bf16/fp16) its estimate of g is within 2.3% of the
 fp32 one on SmolLM2 (median; 11-20% with two separate forwards). But in ``meerkat train`` rounds the paired
-step is 1.3x faster than fp32's on the AMX Xeon and 1.9-2.0x on a Zen 5 EPYC with AVX512-BF16 (two separate
-forwards: 2.0-3.0x, with the 11-20% error), so neither meets the speed target. The reason recorded with a
-run says what this machine has:
+step is 1.3x faster than fp32's on the AMX Xeon (measured before ``host_memory.py``) and 2.1x on a Zen 5 EPYC
+with AVX512-BF16 (section 10.5; 2.5x bare at one thread; two separate forwards: 2.0-3.0x, with the 11-20%
+error), so neither meets the speed target in rounds. The reason recorded with a run says what this machine has:
 
 * a CPU with AMX-BF16 or AVX512-BF16 (torch's own probes, else the ``/proc/cpuinfo`` flags): bf16 is
   one ``--dtype bf16`` away. A step with the paired forward is 1.3-1.6x faster than fp32's on the AMX Xeon
-  and 1.7-2.1x on the Zen 5 EPYC (section 10.4); with two forwards (``--zo-forward two``) rounds were 1.6x
-  (a Zen 4-class AVX512-BF16 EPYC) to 2.1x (AMX) faster.
+  (section 10.3) and 2.0-2.5x on the Zen 5 EPYC (section 10.5); with two forwards (``--zo-forward two``)
+  rounds were 1.6x (a Zen 4-class AVX512-BF16 EPYC) to 2.1x (AMX) faster.
   Without them (e.g. AVX2 only) torch emulates bf16 and a forward is ~7x *slower* than fp32.
 * CUDA: fp32 for now. The reduced-precision step has not been measured on a GPU (no device was
   available); bf16 there is one explicit ``--dtype bf16`` away.
@@ -90,8 +90,8 @@ def choose_dtype(dtype: str, device: torch.device, bf16_feature: str | None | bo
     feature = cpu_bf16_feature() if bf16_feature is False else bf16_feature
     if feature:  # fast here, but its estimate is not yet fp32's (module doc)
         return DtypeChoice(torch.float32, f"auto: fp32 (the CPU has native {feature}: bf16 learned like fp32 in our "
-                                          "runs, with its estimate of g within 2.3% of fp32's, but its step is only 1.3-2.1x "
-                                          "faster, not yet the 2.5x that would make it the default: pass --dtype bf16 "
+                                          "runs, with its estimate of g within 2.4% of fp32's, but its step is only 1.3-2.1x "
+                                          "faster in rounds, not yet the 2.5x that would make it the default: pass --dtype bf16 "
                                           "to use it)")
     cap = torch.backends.cpu.get_cpu_capability()
     return DtypeChoice(torch.float32, f"auto: fp32 (CPU without native bf16, {cap}: bf16 would be emulated and slower)")
