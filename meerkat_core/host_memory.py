@@ -5,8 +5,8 @@ to the kernel once more than ``M_TRIM_THRESHOLD`` bytes are free there, and serv
 ``M_MMAP_THRESHOLD`` with fresh ``mmap`` calls; both start at 128 KiB and grow only up to the largest
 block freed so far. A forward frees and reallocates the same activations layer after layer, step after
 step, so with those defaults each step can fault in fresh pages the kernel must zero again: the paired
-bf16 forward (zo/paired.py, fp32 activations over a doubled batch) took about 123,000 page faults
-(~0.5 GB) per step on SmolLM2 and ran 1.38x slower at two threads than with the settings below, which
+bf16 forward (zo/paired.py, fp32 activations over a doubled batch) took 94,000-144,000 page faults
+(~0.5 GB) per step on SmolLM2 and ran 1.4x slower at two threads than with the settings below, which
 bring it to a few hundred (benchmarks/RESULTS.md section 10.5). fp32 and plain bf16 forwards were not
 affected (no faults either way).
 
