@@ -61,7 +61,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     if args.child == "default":  # precision._load calls it, as training does: here it must not
-        host_memory.keep_freed_memory = lambda: "glibc defaults (benchmark arm)"
+        host_memory.keep_freed_memory = lambda device_type="cpu": "glibc defaults (benchmark arm)"
     pargs = precision.parse(["--model", args.model, "--mask", args.mask, "--task", args.task, "--batches",
                              str(args.batches), "--batch-size", str(args.batch_size), "--work", args.work])
     loaded, coords = precision._load(pargs, "bf16")

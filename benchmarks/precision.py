@@ -104,8 +104,7 @@ def _load(args: argparse.Namespace, dtype: str, mode: str = MODES[0]) -> tuple[A
     from meerkat_core.zo import SparseCoordinates
 
     loaded = load_model(args.model, device=args.device, dtype=dtype)
-    if loaded.device.type == "cpu":
-        keep_freed_memory()  # as training does (host_memory.py)
+    keep_freed_memory(loaded.device.type)  # as training does (host_memory.py)
     mask = load_mask(args.mask, loaded.model)
     low = dtype != "fp32"
     coords = SparseCoordinates(loaded.model, {t.name: t.indices for t in mask.nonempty()},

@@ -10,8 +10,9 @@ bf16 forward (zo/paired.py, fp32 activations over a doubled batch) took 94,000-1
 bring it to a few hundred (benchmarks/RESULTS.md section 10.5). Plain bf16 forwards were not affected
 (0-300 faults either way), and the fp32 step took the same time before and after (2.17 and 2.20 s).
 
-``keep_freed_memory()`` sets ``M_MMAP_THRESHOLD`` to ``MMAP_THRESHOLD`` (glibc's upper bound on 64-bit) and
-``M_TRIM_THRESHOLD`` to ``TRIM_THRESHOLD``: the heap then keeps up to that much freed memory at its top for
+``keep_freed_memory(device_type)`` does nothing (None) unless the model runs on the CPU; there it sets
+``M_MMAP_THRESHOLD`` to ``MMAP_THRESHOLD`` (glibc's upper bound on 64-bit) and ``M_TRIM_THRESHOLD`` to
+``TRIM_THRESHOLD``: the heap then keeps up to that much freed memory at its top for
 the next step. The process's peak memory is unchanged (the pages were in use at the peak); it just does
 not shrink between steps. It is a no-op, said in its answer, where malloc is not glibc's, and where the
 user tuned malloc already (``MALLOC_*`` environment variables, ``GLIBC_TUNABLES``): theirs win.
@@ -35,8 +36,11 @@ USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP
                  "GLIBC_TUNABLES")
 
 
-def keep_freed_memory() -> str:
-    """Tune glibc's malloc for repeated forwards (see module doc); one line saying what was done."""
+def keep_freed_memory(device_type: str = "cpu") -> str | None:
+    """Tune glibc's malloc for repeated forwards on the CPU (see module doc); one line saying what was done,
+    None where ``device_type`` (``torch.device.type`` of the model) is not ``"cpu"``."""
+    if device_type != "cpu":
+        return None
     user = [name for name in USER_SETTINGS if os.environ.get(name)]
     if user:
         return f"malloc left as the environment sets it ({', '.join(user)})"

@@ -85,7 +85,7 @@ def _build(cfg: TrainConfig, with_clients: bool) -> Federation:
     verify_train_partition(manifest, task, data)
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     # forwards on the CPU reuse the memory the last step freed (host_memory.py: page faults, issue #20)
-    host_allocator = keep_freed_memory() if loaded.device.type == "cpu" else None
+    host_allocator = keep_freed_memory(loaded.device.type)
     mask = load_mask(cfg.mask, loaded.model) if cfg.mask != "all" else None
     indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
     coords = SparseCoordinates(loaded.model, indices, z_cache_limit=cfg.z_cache_limit, paired=cfg.paired)

@@ -183,8 +183,7 @@ class SiteCache:
             self._clients.clear()
             loaded = load_model(site.model or setup.model, device=site.device, dtype=setup.dtype,
                                 trust_remote_code=setup.trust_remote_code)
-            if loaded.device.type == "cpu":
-                keep_freed_memory()  # host_memory.py: the steps reuse freed memory instead of faulting it in again
+            keep_freed_memory(loaded.device.type)  # host_memory.py: CPU steps reuse freed memory, no page faults
             mask = load_mask(site.mask, loaded.model) if site.mask != "all" else None
             indices = None if mask is None else {t.name: t.indices for t in mask.nonempty()}
             coords = SparseCoordinates(loaded.model, indices, paired=paired_argument(setup.zo_forward))

@@ -37,8 +37,8 @@ carriers, as after ``restore``), and ``write`` puts ``eps z`` into delta buffers
 Nothing of size d is allocated: the deltas hold the masked rows and columns only (a bias's or a norm
 weight's delta: that vector's size). A model the paired forward cannot express exactly (masked
 coordinates without a carrier other than linear biases, a low-precision weight outside nn.Linear /
-nn.Embedding, a norm weight on a module with children) gets ``build_paired(...) is None`` and keeps the
-two sequential forwards; ``paired_or_reason`` says why. The server never sees any of this: z, g and the
+nn.Embedding, a norm weight on a module with children) gets no paired forward from ``paired_or_reason``,
+which says why, and keeps the two sequential forwards. The server never sees any of this: z, g and the
 update are the fp32 ones and replay is unchanged.
 """
 
@@ -55,7 +55,7 @@ from torch import nn
 from meerkat_core.models.dtypes import LOW_PRECISION
 from meerkat_core.zo.carriers import Carriers, CorrectedLinear
 
-__all__ = ["PairedForward", "build_paired", "paired_or_reason"]
+__all__ = ["PairedForward", "paired_or_reason"]
 
 
 @dataclass
@@ -194,7 +194,7 @@ class _Scatter:
 
 @dataclass
 class PairedForward:
-    """The paired forward of one model with carriers (see module doc); ``build_paired`` makes it."""
+    """The paired forward of one model with carriers (see module doc); ``paired_or_reason`` makes it."""
 
     model: nn.Module
     carriers: Carriers
@@ -241,19 +241,14 @@ class _Unsupported(Exception):
     """Why a model cannot run the paired forward exactly (``paired_or_reason``'s reason)."""
 
 
-def build_paired(model: nn.Module, carriers: Carriers,
-                 runs: list[tuple[nn.Parameter, torch.Tensor, int, int]]) -> PairedForward | None:
-    """The paired forward of ``model`` (carriers installed), or None where it cannot be exact.
+def paired_or_reason(model: nn.Module, carriers: Carriers, runs: list[tuple[nn.Parameter, torch.Tensor, int, int]]
+                     ) -> tuple[PairedForward | None, str | None]:
+    """(the paired forward of ``model``, carriers installed; None), or (None; one line saying which module or
+    parameter keeps the model on two forwards: printed by ``meerkat train``, recorded in the run's provenance)
+    where it cannot be exact.
 
     ``runs``: per masked parameter, in canonical order: (param, its sorted local flat indices, k_start, k_stop).
     """
-    return paired_or_reason(model, carriers, runs)[0]
-
-
-def paired_or_reason(model: nn.Module, carriers: Carriers, runs: list[tuple[nn.Parameter, torch.Tensor, int, int]]
-                     ) -> tuple[PairedForward | None, str | None]:
-    """``build_paired``'s forward and None, or None and one line saying which module or parameter keeps
-    the model on two forwards (printed by ``meerkat train``, recorded in the run's provenance)."""
     try:
         return _build(model, carriers, runs), None
     except _Unsupported as e:
@@ -265,10 +260,10 @@ def _build(model: nn.Module, carriers: Carriers, runs: list[tuple[nn.Parameter, 
     names = {id(p): n for n, p in model.named_parameters()}
     holders: dict[int, list[nn.Module]] = {}
     for mod in model.modules():
-        for pname, p in mod.named_parameters(recurse=False):
+        for p in mod.parameters(recurse=False):
             holders.setdefault(id(p), []).append(mod)
             if p.dtype in LOW_PRECISION and p.dim() >= 2 and not isinstance(mod, (nn.Linear, nn.Embedding)):
-                raise _Unsupported(f"{names.get(id(p), pname)} is a {str(p.dtype).removeprefix('torch.')} weight of a "
+                raise _Unsupported(f"{names[id(p)]} is a {str(p.dtype).removeprefix('torch.')} weight of a "
                                    f"{type(mod).__name__}, not of an nn.Linear or nn.Embedding")
     device = next(iter(model.parameters())).device
     paired = PairedForward(model, carriers)
@@ -293,7 +288,7 @@ def _build(model: nn.Module, carriers: Carriers, runs: list[tuple[nn.Parameter, 
             # the one rounded kind expressed exactly: a low-precision linear layer's bias (Qwen2's q/k/v)
             if not (p.dim() == 1 and all(isinstance(m, nn.Linear) and m.bias is p and m.weight.dtype in LOW_PRECISION
                                          for m in mods)):
-                raise _Unsupported(f"masked {names.get(id(p), '?')} has no carrier and is not a low-precision "
+                raise _Unsupported(f"masked {names[id(p)]} has no carrier and is not a low-precision "
                                    "linear layer's bias")
             bias_delta = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
             scatter(bias_delta, a, b, local)
@@ -315,7 +310,7 @@ def _build(model: nn.Module, carriers: Carriers, runs: list[tuple[nn.Parameter, 
                     paired.forwards[id(m)] = (m, _head_forward(m, table))
             continue
         if p.dim() != 1 or any(len(list(m.children())) for m in mods):
-            raise _Unsupported(f"masked {names.get(id(p), '?')} ({p.dim()}-D) is held by a module with children "
+            raise _Unsupported(f"masked {names[id(p)]} ({p.dim()}-D) is held by a module with children "
                                "or outside nn.Linear / nn.Embedding")
         delta = torch.zeros_like(p.data)
         scatter(delta, a, b, local)
