@@ -17,7 +17,8 @@ round): flagged, true / false positives, missed, abstained, and the margins.
     python benchmarks/vp_detector.py --mask MASK --out DIR [--tasks ...] [--seeds 0 1 2] [--runs-only]
     python benchmarks/vp_detector.py --quick            # tiny-llama, well under a minute (CI)
 
-``sotu_era`` is a 4-class task file over State of the Union passages (benchmarks/_sotu_era.py).
+``sotu_era`` is a 4-class task file over State of the Union passages (benchmarks/_sotu_era.py); ``trec``
+(6 question types), ``bbc_news`` and ``sentiment3`` are built in.
 ``--task-lr TASK=LR`` runs a task at its own step size (one at which its IID clients' loss falls: a
 classifier reads how a converging client's signal falls, RESULTS.md section 11). A cached run made with
 other settings (model, steps, lr, batch, loss, eps, clients) is refused, never mixed in.
